@@ -1,7 +1,10 @@
-"""Which engine runs behind ``CoCD``: the pure-PyTorch reference or the native kernels."""
+"""Which engine runs behind ``CoCD``: the native kernels or the pure-PyTorch reference."""
 
 from __future__ import annotations
 
+import warnings
+
+from . import native
 from .layout import ParamLayout
 from .reference import ReferenceEngine
 
@@ -15,11 +18,16 @@ def select(backend: str, layout: ParamLayout) -> type:
     """The engine class for ``backend`` ("auto", "reference" or "native")."""
     if backend == "reference":
         return ReferenceEngine
+    reason = native.unsupported(layout)
+    if reason is None:
+        return native.NativeEngine
     if backend == "native":
-        raise RuntimeError(f"the native backend is not available in this build; {BUILD_HINT}")
+        hint = f"; {BUILD_HINT}" if native.LOAD_ERROR else ""
+        raise RuntimeError(f"the native backend cannot run here: {reason}{hint}")
+    warnings.warn(f"cocd_cuda: running the reference implementation: {reason}", stacklevel=3)
     return ReferenceEngine
 
 
 def available() -> list[str]:
     """The engine names that can run here."""
-    return ["reference"]
+    return ["reference"] + ([] if native.LOAD_ERROR else ["native"])

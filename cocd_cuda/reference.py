@@ -143,16 +143,19 @@ class ReferenceEngine:
         finite = torch.isfinite(g) & torch.isfinite(f_plus) & torch.isfinite(f_minus)
         if self.nonfinite == "zero":
             g = torch.where(finite, g, 0.0)
-        elif not bool(finite.all()):  # the one host read of a step, on the fault path's gate
-            j = int((~finite).nonzero()[0, 0])
-            i = (self.c + j) % self.layout.n
-            raise FloatingPointError(
-                f"non-finite loss or estimate at step {self.t} for coordinate {i} "
-                f"(f+={float(f_plus[j])}, f-={float(f_minus[j])}); parameters and "
-                "optimizer state are unchanged. Check the closure, lower eps or lr, or "
-                "pass nonfinite='zero' to refresh such coordinates with 0."
-            )
+        elif not bool(finite.all()):  # the one host read of a step
+            raise self._nonfinite_error(f_plus, f_minus, finite)
         return g, loss.to(self.layout.acc_dtype)
+
+    def _nonfinite_error(self, f_plus, f_minus, finite) -> FloatingPointError:
+        j = int((~finite).nonzero()[0, 0])
+        i = (self.c + j) % self.layout.n
+        return FloatingPointError(
+            f"non-finite loss or estimate at step {self.t} for coordinate {i} "
+            f"(f+={float(f_plus[j])}, f-={float(f_minus[j])}); parameters and "
+            "optimizer state are unchanged. Check the closure, lower eps or lr, or "
+            "pass nonfinite='zero' to refresh such coordinates with 0."
+        )
 
     def _commit(self, g: torch.Tensor, hyper: list[GroupHyper]) -> None:
         """Decay, refresh and descend: the only place the state and x change."""

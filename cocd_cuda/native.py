@@ -1,0 +1,157 @@
+"""The native engine: CoCD's step through the fused cocd_cuda ops (csrc/).
+
+Per step: ``plan_`` saves the block's coordinates and their perturbed values once,
+``advance_`` runs once per evaluation (it stores the previous loss on the device,
+restores the previous coordinate and perturbs the next), ``finite_difference_`` forms
+the estimates, and ``dense_update_`` (one pass over x and v per param group) or
+``fifo_update_`` (one pass over the ring) decays, refreshes and descends. No op reads
+a device value on the host; with ``nonfinite="raise"`` the step reads one int32 flag.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import as_loss
+from .reference import ReferenceEngine
+
+_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+MAX_GROUPS = 64  # kMaxGroups in csrc/kernels/cocd_kernels.h
+
+
+def _register_fakes() -> None:
+    """Meta implementations, so opcheck and torch.compile can trace the ops."""
+
+    def _mutating(name: str) -> None:
+        torch.library.register_fake(f"cocd_cuda::{name}")(lambda *args, **kwargs: None)
+
+    for name in ("plan_", "advance_", "finite_difference_", "dense_update_", "fifo_update_"):
+        _mutating(name)
+
+    @torch.library.register_fake("cocd_cuda::perturb_batch")
+    def _(x, index, delta):
+        torch._check(index.dim() == 1, lambda: f"index must be 1-D, got {index.dim()}-D")
+        torch._check(delta.shape == index.shape, lambda: "delta must match index in shape")
+        return x.new_empty((index.numel(), *x.shape))
+
+
+def _load() -> str | None:
+    """Import the extension; returns why it is unavailable, or None."""
+    try:
+        from . import _C  # noqa: F401  (registers the ops)
+    except ImportError as exc:
+        return f"the extension cocd_cuda._C is not built ({exc})"
+    _register_fakes()
+    return None
+
+
+LOAD_ERROR = _load()
+
+
+def unsupported(layout) -> str | None:
+    """Why the native engine cannot run these parameters, or None if it can."""
+    if LOAD_ERROR is not None:
+        return LOAD_ERROR
+    device = layout.device.type
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device)
+    if key is None or not torch._C._dispatch_has_kernel_for_dispatch_key("cocd_cuda::plan_", key):
+        return f"the extension has no {device} kernels"
+    if len(layout.group_bounds) > MAX_GROUPS:
+        return f"{len(layout.group_bounds)} param groups exceed the kernels' {MAX_GROUPS}"
+    for i, p in enumerate(layout.params):
+        if not p.is_contiguous():
+            return f"parameter {i} is not contiguous (shape {tuple(p.shape)})"
+    return None
+
+
+class NativeEngine(ReferenceEngine):
+    """Same state and semantics as the reference, with every per-step pass fused."""
+
+    name = "native"
+
+    def __init__(self, layout, compute_budget, memory_budget, central, nonfinite, init_grad):
+        super().__init__(layout, compute_budget, memory_budget, central, nonfinite, init_grad)
+        dev, B = layout.device, compute_budget
+        self._n_eval = 2 * B if central else B + 1
+        self._slots = torch.empty((B, 6), dtype=torch.int64, device=dev)
+        self._losses = torch.empty(self._n_eval, dtype=torch.float64, device=dev)
+        self._g = torch.empty(B, dtype=layout.acc_dtype, device=dev)
+        self._bad = torch.zeros(1, dtype=torch.int32, device=dev)
+        self._is_cuda = dev.type == "cuda"
+        self._ptrs: list[int] | None = None
+        self._table: torch.Tensor | None = None
+        groups: list[list[torch.Tensor]] = [[] for _ in layout.group_bounds]
+        for p, gi in zip(layout.params, layout.param_group, strict=True):
+            groups[gi].append(p)
+        self._group_params = groups
+
+    def _param_table(self) -> torch.Tensor:
+        """The device table of parameter addresses, rebuilt only if storage moved."""
+        layout = self.layout
+        ptrs = [p.data_ptr() for p in layout.params]
+        if ptrs != self._ptrs:
+            reason = unsupported(layout)
+            if reason is not None:
+                raise RuntimeError(f"the native engine can no longer run: {reason}")
+            rows = [
+                [ptr, start, numel, _DTYPE_CODE[p.dtype] | (gi << 8)]
+                for ptr, start, numel, p, gi in zip(
+                    ptrs, layout.starts, layout.numels, layout.params, layout.param_group,
+                    strict=True,
+                )
+            ]
+            self._table = torch.tensor(rows, dtype=torch.int64).to(layout.device)
+            self._ptrs = ptrs
+        return self._table
+
+    def step(self, closure, hyper):
+        ops = torch.ops.cocd_cuda
+        layout, n = self.layout, self.layout.n
+        table = self._param_table()
+        slots, losses, central = self._slots, self._losses, self.central
+        ops.plan_(slots, table, self.c, n, [hp.eps for hp in hyper], central)
+        advance, n_eval, dev, is_cuda = ops.advance_, self._n_eval, layout.device, self._is_cuda
+        current = -1  # the evaluation whose perturbation x holds now
+        try:
+            advance(losses, slots, table, None, -1, 0, central)
+            current = 0
+            for k in range(n_eval):
+                value = closure()
+                if type(value) is not torch.Tensor or value.is_cuda != is_cuda:
+                    value = as_loss(value, dev).to(dev)
+                advance(losses, slots, table, value, k, k + 1, central)
+                current = k + 1
+        except BaseException:
+            advance(losses, slots, table, None, current, n_eval, central)  # exact restore
+            raise
+        loss = torch.empty((), dtype=layout.acc_dtype, device=dev)
+        zero = self.nonfinite == "zero"
+        ops.finite_difference_(self._g, loss, self._bad, losses, slots, central, zero)
+        if not zero and self._bad.item():  # raise mode's one host read per step
+            self._raise_nonfinite()
+        if self.dense:
+            for params, (start, _), hp in zip(
+                self._group_params, layout.group_bounds, hyper, strict=True
+            ):
+                ops.dense_update_(
+                    params, self.v, self._g, start, self.c, n, hp.lr, hp.weight_decay, hp.momentum
+                )
+        else:
+            ops.fifo_update_(
+                layout.params, self.coords, self.v, self._g, table, self.head, self.c, n,
+                [hp.lr for hp in hyper], [hp.weight_decay for hp in hyper],
+                [hp.momentum for hp in hyper],
+            )
+            self.head = (self.head + self.B) % self.m
+        self.c = (self.c + self.B) % n
+        self.t += 1
+        return loss
+
+    def _raise_nonfinite(self):
+        losses = self._losses
+        if self.central:
+            f_plus, f_minus = losses[0::2], losses[1::2]
+        else:
+            f_plus, f_minus = losses[1:], losses[0].expand(self.B)
+        finite = torch.isfinite(self._g) & torch.isfinite(f_plus) & torch.isfinite(f_minus)
+        raise self._nonfinite_error(f_plus, f_minus, finite)

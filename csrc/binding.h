@@ -1,0 +1,112 @@
+// Helpers shared by the CPU and CUDA torch bindings: argument checks and conversion
+// from tensors to the torch-free kernel types.
+#pragma once
+
+#include <torch/library.h>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels/cocd_kernels.h"
+
+namespace cocd {
+namespace binding {
+
+inline DType dtype_of(const at::Tensor& t, const char* what) {
+  switch (t.scalar_type()) {
+    case at::kHalf:
+      return kHalf;
+    case at::kBFloat16:
+      return kBFloat16;
+    case at::kFloat:
+      return kFloat;
+    case at::kDouble:
+      return kDouble;
+    default:
+      TORCH_CHECK_TYPE(false, what, " must be float16, bfloat16, float32 or float64, got ",
+                       t.scalar_type());
+  }
+}
+
+inline void check_on(const at::Tensor& t, const at::Tensor& ref, const char* what) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), what, " is on ", t.device(), " but must be on ",
+                    ref.device());
+}
+
+inline void check_buffer(const at::Tensor& t, at::ScalarType dtype, int64_t numel,
+                         const char* what) {
+  TORCH_CHECK_VALUE(t.scalar_type() == dtype, what, " must have dtype ", dtype, ", got ",
+                    t.scalar_type());
+  TORCH_CHECK_VALUE(t.is_contiguous(), what, " must be contiguous");
+  TORCH_CHECK_VALUE(numel < 0 || t.numel() == numel, what, " must have ", numel,
+                    " elements, got ", t.numel());
+}
+
+inline const ParamRef* table_of(const at::Tensor& table) {
+  TORCH_CHECK_VALUE(table.scalar_type() == at::kLong && table.dim() == 2 && table.size(1) == 4 &&
+                        table.is_contiguous(),
+                    "the parameter table must be a contiguous int64 [P, 4] tensor");
+  return reinterpret_cast<const ParamRef*>(table.data_ptr<int64_t>());
+}
+
+inline Slot* slots_of(const at::Tensor& slots) {
+  TORCH_CHECK_VALUE(slots.scalar_type() == at::kLong && slots.dim() == 2 && slots.size(1) == 6 &&
+                        slots.is_contiguous(),
+                    "the block slots must be a contiguous int64 [B, 6] tensor");
+  return reinterpret_cast<Slot*>(slots.data_ptr<int64_t>());
+}
+
+// Per-group hyperparameters by value; absent lists leave their entries at 0.
+inline GroupParams group_params(c10::ArrayRef<double> lr, c10::ArrayRef<double> wd,
+                                c10::ArrayRef<double> eps, c10::ArrayRef<double> momentum) {
+  GroupParams g{};
+  const size_t count = std::max({lr.size(), wd.size(), eps.size(), momentum.size()});
+  TORCH_CHECK_VALUE(count <= static_cast<size_t>(kMaxGroups), "the native kernels support at most ",
+                    kMaxGroups, " param groups, got ", count);
+  g.count = static_cast<int32_t>(count);
+  for (size_t i = 0; i < count; ++i) {
+    g.lr[i] = i < lr.size() ? lr[i] : 0.0;
+    g.weight_decay[i] = i < wd.size() ? wd[i] : 0.0;
+    g.eps[i] = i < eps.size() ? eps[i] : 0.0;
+    g.momentum[i] = i < momentum.size() ? momentum[i] : 0.0;
+  }
+  return g;
+}
+
+// The loss tensor a closure returned, checked like the Python path checks it.
+inline at::Tensor checked_loss(const at::Tensor& loss, const at::Tensor& losses) {
+  TORCH_CHECK_VALUE(loss.numel() == 1, "the closure must return a scalar loss, got a tensor of shape ",
+                    loss.sizes(), "; reduce it (e.g. .mean()) inside the closure");
+  TORCH_CHECK_TYPE(!loss.is_complex(), "the closure returned a complex loss (", loss.scalar_type(),
+                   "); return a real one");
+  check_on(loss, losses, "the loss");
+  switch (loss.scalar_type()) {
+    case at::kHalf:
+    case at::kBFloat16:
+    case at::kFloat:
+    case at::kDouble:
+      return loss;
+    default:
+      return loss.to(at::kDouble);  // integer or bool losses: rare, widened once
+  }
+}
+
+// Kernels write through raw pointers; tell autograd's version counter about it.
+inline void bump(const at::Tensor& t) {
+  if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
+}
+
+// Parameters of one dense group must be contiguous, on the buffer's device.
+inline void check_params(at::TensorList params, const at::Tensor& ref) {
+  for (const auto& p : params) {
+    check_on(p, ref, "a parameter");
+    TORCH_CHECK_VALUE(p.is_contiguous(), "the native kernels need contiguous parameters");
+    dtype_of(p, "a parameter");
+  }
+}
+
+}  // namespace binding
+}  // namespace cocd

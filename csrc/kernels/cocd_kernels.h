@@ -1,0 +1,104 @@
+// CoCD kernels: torch-free declarations shared by the CPU and CUDA builds.
+//
+// Everything here takes raw pointers, element counts and (for CUDA) a stream, so the
+// same sources build inside the PyTorch extension and, from CMakeLists.txt, without
+// libtorch for on-device use. Indices and counts are 64-bit throughout.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define COCD_HD __host__ __device__ __forceinline__
+#else
+#define COCD_HD inline
+#endif
+
+namespace cocd {
+
+// Storage dtypes of parameters (and of the loss a closure returns).
+enum DType : int32_t { kHalf = 0, kBFloat16 = 1, kFloat = 2, kDouble = 3 };
+
+// One row of the parameter table: where a parameter's elements live and which
+// coordinates they are. The table is an int64 [P, 4] tensor on the parameters'
+// device, built once and rebuilt only when a parameter's storage moves. Rows are in
+// coordinate order, so a coordinate's row is found by binary search on `start`.
+struct ParamRef {
+  int64_t ptr;    // address of element 0 (contiguous row-major storage)
+  int64_t start;  // first coordinate of this parameter in the flat vector x
+  int64_t numel;
+  int64_t meta;   // dtype | group << 8
+};
+static_assert(sizeof(ParamRef) == 4 * sizeof(int64_t), "ParamRef is a row of int64[P, 4]");
+
+// One coordinate of the step's block (an int64 [B, 6] tensor). plan() fills it from
+// the unperturbed x, so every evaluation of the step perturbs the same base point and
+// restoring writes back the saved bits: never x + eps - eps.
+struct Slot {
+  int64_t param;    // row of the parameter table
+  int64_t offset;   // element inside that parameter
+  uint64_t saved;   // original value, raw bits in the parameter's dtype
+  uint64_t plus;    // round(x + eps), raw bits
+  uint64_t minus;   // round(x - eps) (central) or the original bits (forward)
+  double h;         // realised step plus - minus, exact in float64
+};
+static_assert(sizeof(Slot) == 6 * sizeof(int64_t), "Slot is a row of int64[B, 6]");
+
+// Per-group hyperparameters, passed by value (kernel arguments, no host->device copy).
+constexpr int kMaxGroups = 64;
+struct GroupParams {
+  int32_t count;
+  double lr[kMaxGroups];
+  double weight_decay[kMaxGroups];
+  double eps[kMaxGroups];
+  double momentum[kMaxGroups];
+};
+
+// Evaluation k of a step: which slot it perturbs and in which direction.
+// Central: k = 2j is x_j + eps, k = 2j + 1 is x_j - eps. Forward: k = 0 is f(x) and
+// k = j + 1 is x_j + eps. Returns -1 for "no perturbation" (and for k outside [0, E)).
+COCD_HD int64_t eval_slot(int64_t k, int64_t n_eval, bool central) {
+  if (k < 0 || k >= n_eval) return -1;
+  return central ? k / 2 : k - 1;
+}
+
+// ---------------------------------------------------------------------------- CPU
+namespace cpu {
+
+// Fill the block's slots for coordinates c, c+1, ..., c+B-1 (mod n).
+void plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c, int64_t n,
+          const GroupParams& groups, bool central);
+
+// Finish evaluation `from` (store its loss if `loss` is non-null, restore its
+// coordinate unless `to` perturbs the same one) and start evaluation `to`.
+void advance(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
+             const void* loss, DType loss_dtype, int64_t from, int64_t to, bool central);
+
+// Estimates g (acc_t = float or double) from the losses; writes the returned loss
+// estimate to *loss_out and the number of non-finite estimates to *bad. With
+// zero_nonfinite, such estimates are stored as 0.
+template <typename acc_t>
+void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
+                       const Slot* slots, int64_t B, bool central, bool zero_nonfinite);
+
+// Dense decay + refresh + descend over one parameter (coordinates first..first+len-1)
+// and its buffer slice v: v <- momentum*v except the fresh block, where v <- g;
+// x <- x*(1 - lr*wd) - lr*v. One pass over x and v.
+template <typename acc_t>
+void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first,
+                  const acc_t* g, int64_t c, int64_t n, int64_t B, double lr, double wd,
+                  double momentum);
+
+// FIFO decay + push + scatter-descend in one pass over the ring of m entries. The B
+// fresh entries go to ring slots head, head+1, ... (mod m) with coordinates c, c+1, ...
+template <typename acc_t>
+void fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+                 const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
+                 const GroupParams& groups);
+
+// K perturbed copies of x (numel elements): out[k] = x with element index[k] set to
+// round(x[index[k]] + delta[k]); delta 0 leaves copy k equal to x.
+void perturb_batch(void* out, const void* x, DType dtype, int64_t numel, const int64_t* index,
+                   const double* delta, int64_t K);
+
+}  // namespace cpu
+}  // namespace cocd

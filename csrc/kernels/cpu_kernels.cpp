@@ -1,0 +1,237 @@
+// CoCD CPU kernels (no torch). Hot loops are OpenMP-parallel and branch-free so the
+// compiler vectorises them; the per-evaluation kernels touch O(1) elements.
+#include <algorithm>
+#include <cmath>
+
+#include "cocd_kernels.h"
+#include "dtype.h"
+
+namespace cocd {
+namespace cpu {
+namespace {
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelGrain = 1 << 15;
+
+const void* param_base(const ParamRef& r) { return reinterpret_cast<const void*>(r.ptr); }
+void* param_base_mut(const ParamRef& r) { return reinterpret_cast<void*>(r.ptr); }
+
+// x <- x*decay - lr*v over [lo, hi), with v <- momentum*v first when kDecay and the
+// weight-decay product only when kWd: each product rounded on its own, as the
+// reference does, and the branches resolved at compile time.
+template <typename codec, typename acc_t, bool kDecay, bool kWd>
+void descend_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi, acc_t decay,
+                   acc_t lr, acc_t momentum) {
+#pragma omp parallel for simd schedule(static) if (hi - lo > kParallelGrain)
+  for (int64_t i = lo; i < hi; ++i) {
+    acc_t vi = v[i];
+    if (kDecay) {
+      vi = vi * momentum;
+      v[i] = vi;
+    }
+    acc_t xi = codec::template load<acc_t>(x[i]);
+    if (kWd) xi = xi * decay;
+    x[i] = codec::template store<acc_t>(xi - lr * vi);
+  }
+}
+
+// Fresh coordinates: v <- g (not decayed in the step that made them), then descend.
+template <typename codec, typename acc_t, bool kWd>
+void refresh_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi,
+                   const acc_t* g, acc_t decay, acc_t lr) {
+  for (int64_t i = lo; i < hi; ++i) {
+    const acc_t vi = g[i - lo];
+    v[i] = vi;
+    acc_t xi = codec::template load<acc_t>(x[i]);
+    if (kWd) xi = xi * decay;
+    x[i] = codec::template store<acc_t>(xi - lr * vi);
+  }
+}
+
+template <typename codec, typename acc_t, bool kWd>
+void dense_typed(void* xp, acc_t* v, int64_t len, int64_t first, const acc_t* g, int64_t c,
+                 int64_t n, int64_t B, double lr, double wd, double momentum) {
+  auto* x = static_cast<typename codec::storage*>(xp);
+  const acc_t decay = static_cast<acc_t>(1.0 - lr * wd);
+  const acc_t a_lr = static_cast<acc_t>(lr);
+  const acc_t a_m = static_cast<acc_t>(momentum);
+  // The fresh block is [c, c+B) mod n: at most two intervals of global coordinates,
+  // each with its offset into g. Everything else in [first, first+len) is stale.
+  struct Interval {
+    int64_t lo, hi, g0;
+  };
+  Interval fresh[2] = {{c, std::min(c + B, n), 0}, {0, std::max<int64_t>(c + B - n, 0), n - c}};
+  if (fresh[0].lo > fresh[1].lo) std::swap(fresh[0], fresh[1]);
+  int64_t pos = first;
+  const int64_t end = first + len;
+  auto stale = [&](int64_t lo, int64_t hi) {
+    if (lo >= hi) return;
+    if (momentum != 1.0) {
+      descend_range<codec, acc_t, true, kWd>(x, v, lo - first, hi - first, decay, a_lr, a_m);
+    } else {
+      descend_range<codec, acc_t, false, kWd>(x, v, lo - first, hi - first, decay, a_lr, a_m);
+    }
+  };
+  for (const Interval& f : fresh) {
+    const int64_t lo = std::max(f.lo, first), hi = std::min(f.hi, end);
+    if (lo >= hi) continue;
+    stale(pos, lo);
+    refresh_range<codec, acc_t, kWd>(x, v, lo - first, hi - first, g + f.g0 + (lo - f.lo),
+                                     decay, a_lr);
+    pos = hi;
+  }
+  stale(pos, end);
+}
+
+template <typename codec, typename acc_t>
+void dense_dispatch_wd(void* x, acc_t* v, int64_t len, int64_t first, const acc_t* g, int64_t c,
+                       int64_t n, int64_t B, double lr, double wd, double momentum) {
+  if (wd != 0.0) {
+    dense_typed<codec, acc_t, true>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+  } else {
+    dense_typed<codec, acc_t, false>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+  }
+}
+
+}  // namespace
+
+void plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c, int64_t n,
+          const GroupParams& groups, bool central) {
+  for (int64_t j = 0; j < B; ++j) {
+    const int64_t i = (c + j) % n;
+    const int64_t p = find_param(table, P, i);
+    const ParamRef& r = table[p];
+    const DType dt = param_dtype(r);
+    const double eps = groups.eps[param_group(r)];
+    Slot& s = slots[j];
+    s.param = p;
+    s.offset = i - r.start;
+    s.saved = read_bits(param_base(r), dt, s.offset);
+    s.plus = perturbed_bits(s.saved, dt, eps);
+    s.minus = central ? perturbed_bits(s.saved, dt, -eps) : s.saved;
+    s.h = bits_value(s.plus, dt) - bits_value(s.minus, dt);
+  }
+}
+
+void advance(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
+             const void* loss, DType loss_dtype, int64_t from, int64_t to, bool central) {
+  if (loss != nullptr && from >= 0 && from < n_eval) {
+    losses[from] = load_as<double>(loss, loss_dtype, 0);
+  }
+  const int64_t s_from = eval_slot(from, n_eval, central);
+  const int64_t s_to = eval_slot(to, n_eval, central);
+  if (s_from >= 0 && s_from != s_to) {
+    const Slot& s = slots[s_from];
+    const ParamRef& r = table[s.param];
+    write_bits(param_base_mut(r), param_dtype(r), s.offset, s.saved);
+  }
+  if (s_to >= 0) {
+    const Slot& s = slots[s_to];
+    const ParamRef& r = table[s.param];
+    const bool minus = central && (to % 2 == 1);
+    write_bits(param_base_mut(r), param_dtype(r), s.offset, minus ? s.minus : s.plus);
+  }
+}
+
+template <typename acc_t>
+void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
+                       const Slot* slots, int64_t B, bool central, bool zero_nonfinite) {
+  int32_t n_bad = 0;
+  double total = 0.0;
+  for (int64_t j = 0; j < B; ++j) {
+    const double fp = central ? losses[2 * j] : losses[j + 1];
+    const double fm = central ? losses[2 * j + 1] : losses[0];
+    const double h = slots[j].h;
+    acc_t gj = h != 0.0 ? static_cast<acc_t>((fp - fm) / h) : acc_t(0);
+    const bool ok = std::isfinite(gj) && std::isfinite(fp) && std::isfinite(fm);
+    if (!ok) {
+      ++n_bad;
+      if (zero_nonfinite) gj = acc_t(0);
+    }
+    g[j] = gj;
+    if (central) total += (fp + fm) / 2;
+  }
+  *loss_out = static_cast<acc_t>(central ? total / static_cast<double>(B) : losses[0]);
+  *bad = n_bad;
+}
+
+template <typename acc_t>
+void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first, const acc_t* g,
+                  int64_t c, int64_t n, int64_t B, double lr, double wd, double momentum) {
+  switch (x_dtype) {
+    case kHalf:
+      dense_dispatch_wd<Codec<HalfTag>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+      break;
+    case kBFloat16:
+      dense_dispatch_wd<Codec<BF16Tag>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+      break;
+    case kFloat:
+      dense_dispatch_wd<Codec<float>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+      break;
+    default:
+      dense_dispatch_wd<Codec<double>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+  }
+}
+
+template <typename acc_t>
+void fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+                 const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
+                 const GroupParams& groups) {
+  // Ring entries hold distinct coordinates (the last m refreshed, m < n), so the
+  // scatter into x has no write conflicts and may run in parallel.
+#pragma omp parallel for schedule(static) if (m > kParallelGrain)
+  for (int64_t s = 0; s < m; ++s) {
+    const int64_t j = (s - head + m) % m;  // position in push order; < B: fresh
+    int64_t i;
+    acc_t v;
+    if (j < B) {
+      i = (c + j) % n;
+      v = g[j];
+      coords[s] = i;
+    } else {
+      i = coords[s];
+      v = vals[s];
+    }
+    const ParamRef& r = table[find_param(table, P, i)];
+    const int32_t gi = param_group(r);
+    if (j >= B && groups.momentum[gi] != 1.0) v = v * static_cast<acc_t>(groups.momentum[gi]);
+    vals[s] = v;
+    const double lr = groups.lr[gi], wd = groups.weight_decay[gi];
+    const DType dt = param_dtype(r);
+    void* base = param_base_mut(r);
+    acc_t xi = load_as<acc_t>(base, dt, i - r.start);
+    if (wd != 0.0) xi = xi * static_cast<acc_t>(1.0 - lr * wd);
+    store_as<acc_t>(base, dt, i - r.start, xi - static_cast<acc_t>(lr) * v);
+  }
+}
+
+void perturb_batch(void* out, const void* x, DType dtype, int64_t numel, const int64_t* index,
+                   const double* delta, int64_t K) {
+  const int64_t elem = (dtype == kHalf || dtype == kBFloat16) ? 2 : (dtype == kFloat ? 4 : 8);
+  auto* dst = static_cast<unsigned char*>(out);
+#pragma omp parallel for schedule(static) if (K * numel > kParallelGrain)
+  for (int64_t k = 0; k < K; ++k) {
+    unsigned char* copy = dst + k * numel * elem;
+    std::copy_n(static_cast<const unsigned char*>(x), numel * elem, copy);
+    const int64_t i = index[k];
+    write_bits(copy, dtype, i, perturbed_bits(read_bits(x, dtype, i), dtype, delta[k]));
+  }
+}
+
+template void finite_difference<float>(float*, float*, int32_t*, const double*, const Slot*,
+                                       int64_t, bool, bool);
+template void finite_difference<double>(double*, double*, int32_t*, const double*, const Slot*,
+                                        int64_t, bool, bool);
+template void dense_update<float>(void*, DType, float*, int64_t, int64_t, const float*, int64_t,
+                                  int64_t, int64_t, double, double, double);
+template void dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*,
+                                   int64_t, int64_t, int64_t, double, double, double);
+template void fifo_update<float>(int64_t*, float*, int64_t, const float*, int64_t,
+                                 const ParamRef*, int64_t, int64_t, int64_t, int64_t,
+                                 const GroupParams&);
+template void fifo_update<double>(int64_t*, double*, int64_t, const double*, int64_t,
+                                  const ParamRef*, int64_t, int64_t, int64_t, int64_t,
+                                  const GroupParams&);
+
+}  // namespace cpu
+}  // namespace cocd

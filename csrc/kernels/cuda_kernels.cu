@@ -1,0 +1,304 @@
+// CoCD CUDA kernels (no torch). Every launcher takes the caller's stream and returns
+// the launch's error; none synchronises. Arithmetic uses the _rn intrinsics so that no
+// multiply-add is fused: each product is rounded on its own, as in the reference.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cocd_kernels_cuda.h"
+#include "dtype.h"
+
+namespace cocd {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+
+int blocks_for(int64_t work) {
+  // Enough blocks to fill any current GPU several times over; grid-stride loops do the rest.
+  const int64_t b = (work + kThreads - 1) / kThreads;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(b, 65535)));
+}
+
+__global__ void plan_kernel(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c,
+                            int64_t n, GroupParams groups, bool central) {
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < B;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = (c + j) % n;
+    const int64_t p = find_param(table, P, i);
+    const ParamRef r = table[p];
+    const DType dt = param_dtype(r);
+    const double eps = groups.eps[param_group(r)];
+    Slot s;
+    s.param = p;
+    s.offset = i - r.start;
+    s.saved = read_bits(reinterpret_cast<const void*>(r.ptr), dt, s.offset);
+    s.plus = perturbed_bits(s.saved, dt, eps);
+    s.minus = central ? perturbed_bits(s.saved, dt, -eps) : s.saved;
+    s.h = __dsub_rn(bits_value(s.plus, dt), bits_value(s.minus, dt));
+    slots[j] = s;
+  }
+}
+
+__global__ void advance_kernel(double* losses, int64_t n_eval, const Slot* slots,
+                               const ParamRef* table, const void* loss, DType loss_dtype,
+                               int64_t from, int64_t to, bool central) {
+  if (loss != nullptr && from >= 0 && from < n_eval) {
+    losses[from] = load_as<double>(loss, loss_dtype, 0);
+  }
+  const int64_t s_from = eval_slot(from, n_eval, central);
+  const int64_t s_to = eval_slot(to, n_eval, central);
+  if (s_from >= 0 && s_from != s_to) {
+    const Slot s = slots[s_from];
+    const ParamRef r = table[s.param];
+    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, s.saved);
+  }
+  if (s_to >= 0) {
+    const Slot s = slots[s_to];
+    const ParamRef r = table[s.param];
+    const bool minus = central && (to % 2 == 1);
+    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset,
+               minus ? s.minus : s.plus);
+  }
+}
+
+// One block: estimates in a strided loop, then a fixed-order tree sum of the loss
+// estimate, so the result does not depend on scheduling.
+template <typename acc_t>
+__global__ void finite_difference_kernel(acc_t* g, acc_t* loss_out, int32_t* bad,
+                                         const double* losses, const Slot* slots, int64_t B,
+                                         bool central, bool zero_nonfinite) {
+  __shared__ double partial[kThreads];
+  __shared__ int32_t n_bad;
+  if (threadIdx.x == 0) n_bad = 0;
+  __syncthreads();
+  double total = 0.0;
+  int32_t my_bad = 0;
+  for (int64_t j = threadIdx.x; j < B; j += blockDim.x) {
+    const double fp = central ? losses[2 * j] : losses[j + 1];
+    const double fm = central ? losses[2 * j + 1] : losses[0];
+    const double h = slots[j].h;
+    acc_t gj = h != 0.0 ? static_cast<acc_t>(__ddiv_rn(__dsub_rn(fp, fm), h)) : acc_t(0);
+    const bool ok = isfinite(gj) && isfinite(fp) && isfinite(fm);
+    if (!ok) {
+      ++my_bad;
+      if (zero_nonfinite) gj = acc_t(0);
+    }
+    g[j] = gj;
+    if (central) total += (fp + fm) / 2;
+  }
+  partial[threadIdx.x] = total;
+  if (my_bad) atomicAdd(&n_bad, my_bad);
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    *loss_out = static_cast<acc_t>(central ? partial[0] / static_cast<double>(B) : losses[0]);
+    *bad = n_bad;
+  }
+}
+
+// Fresh interval [lo, hi) of local indices with g offset g0 (g index = i - lo + g0).
+struct Fresh {
+  int64_t lo[2], hi[2], g0[2];
+};
+
+template <typename codec, typename acc_t>
+__global__ void dense_kernel(typename codec::storage* x, acc_t* v, int64_t len, const acc_t* g,
+                             Fresh fresh, acc_t decay, acc_t lr, acc_t momentum, bool do_decay,
+                             bool do_wd) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t vi;
+    if (i >= fresh.lo[0] && i < fresh.hi[0]) {
+      vi = g[i - fresh.lo[0] + fresh.g0[0]];
+      v[i] = vi;
+    } else if (i >= fresh.lo[1] && i < fresh.hi[1]) {
+      vi = g[i - fresh.lo[1] + fresh.g0[1]];
+      v[i] = vi;
+    } else {
+      vi = v[i];
+      if (do_decay) {
+        vi = mul_rn(vi, momentum);
+        v[i] = vi;
+      }
+    }
+    acc_t xi = codec::template load<acc_t>(x[i]);
+    if (do_wd) xi = mul_rn(xi, decay);
+    x[i] = codec::template store<acc_t>(sub_rn(xi, mul_rn(lr, vi)));
+  }
+}
+
+template <typename acc_t>
+__global__ void fifo_kernel(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+                            const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
+                            GroupParams groups) {
+  // Ring entries hold distinct coordinates, so the scatter into x has no conflicts.
+  for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; s < m;
+       s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = (s - head + m) % m;
+    int64_t i;
+    acc_t v;
+    if (j < B) {
+      i = (c + j) % n;
+      v = g[j];
+      coords[s] = i;
+    } else {
+      i = coords[s];
+      v = vals[s];
+    }
+    const ParamRef r = table[find_param(table, P, i)];
+    const int32_t gi = param_group(r);
+    if (j >= B && groups.momentum[gi] != 1.0) {
+      v = mul_rn(v, static_cast<acc_t>(groups.momentum[gi]));
+    }
+    vals[s] = v;
+    const double lr = groups.lr[gi], wd = groups.weight_decay[gi];
+    const DType dt = param_dtype(r);
+    void* base = reinterpret_cast<void*>(r.ptr);
+    acc_t xi = load_as<acc_t>(base, dt, i - r.start);
+    if (wd != 0.0) xi = mul_rn(xi, static_cast<acc_t>(__dsub_rn(1.0, __dmul_rn(lr, wd))));
+    store_as<acc_t>(base, dt, i - r.start, sub_rn(xi, mul_rn(static_cast<acc_t>(lr), v)));
+  }
+}
+
+template <typename storage_t>
+__global__ void perturb_batch_kernel(storage_t* out, const storage_t* x, DType dtype,
+                                     int64_t numel, const int64_t* index, const double* delta,
+                                     int64_t K) {
+  const int64_t total = K * numel;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t k = e / numel;
+    const int64_t i = e - k * numel;
+    storage_t value = x[i];
+    if (i == index[k]) {
+      value = static_cast<storage_t>(perturbed_bits(static_cast<uint64_t>(value), dtype, delta[k]));
+    }
+    out[e] = value;
+  }
+}
+
+template <typename codec, typename acc_t>
+void launch_dense(void* x, acc_t* v, int64_t len, const acc_t* g, const Fresh& fresh,
+                  double lr, double wd, double momentum, cudaStream_t stream) {
+  dense_kernel<codec, acc_t><<<blocks_for(len), kThreads, 0, stream>>>(
+      static_cast<typename codec::storage*>(x), v, len, g, fresh,
+      static_cast<acc_t>(1.0 - lr * wd), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
+      momentum != 1.0, wd != 0.0);
+}
+
+}  // namespace
+
+cudaError_t plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c, int64_t n,
+                 const GroupParams& groups, bool central, cudaStream_t stream) {
+  plan_kernel<<<blocks_for(B), kThreads, 0, stream>>>(slots, B, table, P, c, n, groups, central);
+  return cudaGetLastError();
+}
+
+cudaError_t advance(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
+                    const void* loss, DType loss_dtype, int64_t from, int64_t to, bool central,
+                    cudaStream_t stream) {
+  advance_kernel<<<1, 1, 0, stream>>>(losses, n_eval, slots, table, loss, loss_dtype, from, to,
+                                      central);
+  return cudaGetLastError();
+}
+
+template <typename acc_t>
+cudaError_t finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
+                              const Slot* slots, int64_t B, bool central, bool zero_nonfinite,
+                              cudaStream_t stream) {
+  finite_difference_kernel<acc_t><<<1, kThreads, 0, stream>>>(g, loss_out, bad, losses, slots, B,
+                                                              central, zero_nonfinite);
+  return cudaGetLastError();
+}
+
+template <typename acc_t>
+cudaError_t dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first,
+                         const acc_t* g, int64_t c, int64_t n, int64_t B, double lr, double wd,
+                         double momentum, cudaStream_t stream) {
+  // The fresh block [c, c+B) mod n as two intervals, made local to this parameter.
+  const int64_t glo[2] = {c, 0}, ghi[2] = {std::min(c + B, n), std::max<int64_t>(c + B - n, 0)};
+  const int64_t g0[2] = {0, n - c};
+  Fresh fresh;
+  for (int k = 0; k < 2; ++k) {
+    const int64_t lo = std::max(glo[k], first), hi = std::min(ghi[k], first + len);
+    fresh.lo[k] = lo < hi ? lo - first : 0;
+    fresh.hi[k] = lo < hi ? hi - first : 0;
+    fresh.g0[k] = lo < hi ? g0[k] + (lo - glo[k]) : 0;
+  }
+  switch (x_dtype) {
+    case kHalf:
+      launch_dense<Codec<HalfTag>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+      break;
+    case kBFloat16:
+      launch_dense<Codec<BF16Tag>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+      break;
+    case kFloat:
+      launch_dense<Codec<float>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+      break;
+    default:
+      launch_dense<Codec<double>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+  }
+  return cudaGetLastError();
+}
+
+template <typename acc_t>
+cudaError_t fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+                        const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
+                        const GroupParams& groups, cudaStream_t stream) {
+  fifo_kernel<acc_t><<<blocks_for(m), kThreads, 0, stream>>>(coords, vals, m, g, B, table, P,
+                                                             head, c, n, groups);
+  return cudaGetLastError();
+}
+
+cudaError_t perturb_batch(void* out, const void* x, DType dtype, int64_t numel,
+                          const int64_t* index, const double* delta, int64_t K,
+                          cudaStream_t stream) {
+  const int blocks = blocks_for(K * numel);
+  switch (dtype) {
+    case kHalf:
+    case kBFloat16:
+      perturb_batch_kernel<uint16_t><<<blocks, kThreads, 0, stream>>>(
+          static_cast<uint16_t*>(out), static_cast<const uint16_t*>(x), dtype, numel, index,
+          delta, K);
+      break;
+    case kFloat:
+      perturb_batch_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(
+          static_cast<uint32_t*>(out), static_cast<const uint32_t*>(x), dtype, numel, index,
+          delta, K);
+      break;
+    default:
+      perturb_batch_kernel<uint64_t><<<blocks, kThreads, 0, stream>>>(
+          static_cast<uint64_t*>(out), static_cast<const uint64_t*>(x), dtype, numel, index,
+          delta, K);
+  }
+  return cudaGetLastError();
+}
+
+template cudaError_t finite_difference<float>(float*, float*, int32_t*, const double*,
+                                              const Slot*, int64_t, bool, bool, cudaStream_t);
+template cudaError_t finite_difference<double>(double*, double*, int32_t*, const double*,
+                                               const Slot*, int64_t, bool, bool, cudaStream_t);
+template cudaError_t dense_update<float>(void*, DType, float*, int64_t, int64_t, const float*,
+                                         int64_t, int64_t, int64_t, double, double, double,
+                                         cudaStream_t);
+template cudaError_t dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*,
+                                          int64_t, int64_t, int64_t, double, double, double,
+                                          cudaStream_t);
+template cudaError_t fifo_update<float>(int64_t*, float*, int64_t, const float*, int64_t,
+                                        const ParamRef*, int64_t, int64_t, int64_t, int64_t,
+                                        const GroupParams&, cudaStream_t);
+template cudaError_t fifo_update<double>(int64_t*, double*, int64_t, const double*, int64_t,
+                                         const ParamRef*, int64_t, int64_t, int64_t, int64_t,
+                                         const GroupParams&, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace cocd
