@@ -42,7 +42,11 @@ def main() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
     n = sum(p.numel() for p in model.parameters())
     opt = cocd_cuda.CoCD(
-        model.parameters(), lr=0.05, eps=0.01, compute_budget=32, momentum=0.99,
+        model.parameters(),
+        lr=0.05,
+        eps=0.01,
+        compute_budget=32,
+        momentum=0.99,
         backend=args.backend,
     )
     loss_fn = nn.MSELoss()
@@ -52,8 +56,10 @@ def main() -> None:
             return float(loss_fn(model(x_test), y_test))
 
     start_loss = test_loss()
-    print(f"CoCD ({opt.backend} backend) on a {n}-parameter MLP, B=32 of {n} coordinates "
-          f"per step, {2 * 32} evaluations per step")
+    print(
+        f"CoCD ({opt.backend} backend) on a {n}-parameter MLP, B=32 of {n} coordinates "
+        f"per step, {2 * 32} evaluations per step"
+    )
     print(f"step     0  test MSE {start_loss:.4f}")
     gen = torch.Generator().manual_seed(1)
     t0 = time.perf_counter()
@@ -65,8 +71,10 @@ def main() -> None:
             print(f"step {step:5d}  train MSE {float(train):.4f}  test MSE {test_loss():.4f}")
     seconds = time.perf_counter() - t0
     end_loss = test_loss()
-    print(f"result: test MSE {start_loss:.4f} -> {end_loss:.4f} "
-          f"({start_loss / end_loss:.1f}x lower) in {args.steps} steps, {seconds:.1f} s")
+    print(
+        f"result: test MSE {start_loss:.4f} -> {end_loss:.4f} "
+        f"({start_loss / end_loss:.1f}x lower) in {args.steps} steps, {seconds:.1f} s"
+    )
 
 
 if __name__ == "__main__":

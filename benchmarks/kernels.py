@@ -12,6 +12,7 @@ benchmarks/results/kernels-<device>.json unless --out says otherwise.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -107,7 +108,7 @@ def whole_step(n: int, device: str, rounds: int, B: int = 64) -> dict:
         p = torch.randn(n, device=device)
         opt = cocd_cuda.CoCD([p], compute_budget=B, momentum=0.9, backend=backend)
         opt.step(lambda: zero)  # builds tables
-        cands[f"{backend} step (B={B})"] = (lambda o=opt: o.step(lambda: zero))
+        cands[f"{backend} step (B={B})"] = lambda o=opt: o.step(lambda: zero)
     x, v = torch.randn(n, device=device), torch.randn(n, device=device)
     x2, v2 = torch.empty_like(x), torch.empty_like(v)
     cands["floor (2 copies)"] = lambda: (x2.copy_(x), v2.copy_(v))
@@ -157,7 +158,7 @@ def mlp_overhead(device: str, rounds: int, B: int = 64) -> dict:
 
     def model():
         layers, width = [], [21, 64, 64, 64, 64, 7]
-        for a, b in zip(width[:-1], width[1:], strict=True):
+        for a, b in itertools.pairwise(width):
             layers += [nn.Linear(a, b), nn.ReLU()]
         return nn.Sequential(*layers[:-1]).to(device)
 
@@ -167,9 +168,12 @@ def mlp_overhead(device: str, rounds: int, B: int = 64) -> dict:
     for backend in ("native", "reference"):
         net = model()
         opt = cocd_cuda.CoCD(net.parameters(), lr=1e-4, compute_budget=B, backend=backend)
-        closure = (lambda net=net: loss_fn(net(x), y))
+
+        def closure(net=net):
+            return loss_fn(net(x), y)
+
         opt.step(closure)
-        cands[f"{backend} step"] = (lambda o=opt, c=closure: o.step(c))
+        cands[f"{backend} step"] = lambda o=opt, c=closure: o.step(c)
     net = model()
 
     @torch.no_grad()
@@ -191,8 +195,11 @@ def mlp_overhead(device: str, rounds: int, B: int = 64) -> dict:
 def machine(device: str) -> dict:
     try:
         commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-        dirty = bool(subprocess.check_output(["git", "status", "--porcelain", "--", "csrc",
-                                              "cocd_cuda"], text=True).strip())
+        dirty = bool(
+            subprocess.check_output(
+                ["git", "status", "--porcelain", "--", "csrc", "cocd_cuda"], text=True
+            ).strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     info = {
@@ -221,18 +228,24 @@ def main() -> None:
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     result = {"machine": machine(dev), "dense_pass": [], "whole_step": []}
 
-    print(f"# CoCD kernels on {dev} ({result['machine'].get('gpu', result['machine']['processor'])}"
-          f", {result['machine']['threads']} threads), torch {torch.__version__}")
+    print(
+        f"# CoCD kernels on {dev} ({result['machine'].get('gpu', result['machine']['processor'])}"
+        f", {result['machine']['threads']} threads), torch {torch.__version__}"
+    )
     print("\n## Dense decay + descend, fp32 (time / floor; floor = two copies of n floats)")
-    print(f"{'n':>10} {'floor us':>10} {'native':>8} {'reference':>10} {'SGD mom.':>9} "
-          f"{'native GB/s':>12}")
+    print(
+        f"{'n':>10} {'floor us':>10} {'native':>8} {'reference':>10} {'SGD mom.':>9} "
+        f"{'native GB/s':>12}"
+    )
     for n in sizes:
         r = dense_pass(n, dev, args.rounds)
         result["dense_pass"].append(r)
         x = r["x_floor"]
-        print(f"{n:>10} {r['seconds']['floor (2 copies)'] * 1e6:>10.1f} "
-              f"{x['native dense_update_']:>8.2f} {x['reference decay+descend']:>10.2f} "
-              f"{x['torch SGD momentum']:>9.2f} {r['native_GBps']:>12.1f}")
+        print(
+            f"{n:>10} {r['seconds']['floor (2 copies)'] * 1e6:>10.1f} "
+            f"{x['native dense_update_']:>8.2f} {x['reference decay+descend']:>10.2f} "
+            f"{x['torch SGD momentum']:>9.2f} {r['native_GBps']:>12.1f}"
+        )
 
     print("\n## Whole step, trivial closure, B=64 (time / floor)")
     print(f"{'n':>10} {'native':>8} {'reference':>10} {'native us':>10}")
@@ -241,8 +254,10 @@ def main() -> None:
         r["n"] = n
         result["whole_step"].append(r)
         x = r["x_floor"]
-        print(f"{n:>10} {x['native step (B=64)']:>8.2f} {x['reference step (B=64)']:>10.2f} "
-              f"{r['seconds']['native step (B=64)'] * 1e6:>10.1f}")
+        print(
+            f"{n:>10} {x['native step (B=64)']:>8.2f} {x['reference step (B=64)']:>10.2f} "
+            f"{r['seconds']['native step (B=64)'] * 1e6:>10.1f}"
+        )
 
     r = per_op(dev, args.rounds)
     result["per_op"] = r
@@ -254,7 +269,8 @@ def main() -> None:
     result["mlp_overhead"] = r
     print(f"\n## SARCOS-size MLP 21-64-64-64-64-7 ({r['n']} parameters), batch 64, B={r['B']}")
     for k, s in r["seconds"].items():
-        print(f"{k:>30} {s * 1e3:>8.3f} ms  ({r['overhead_vs_closures'][k] * 100:+.1f}% vs closures)")
+        extra = r["overhead_vs_closures"][k] * 100
+        print(f"{k:>30} {s * 1e3:>8.3f} ms  ({extra:+.1f}% vs closures)")
 
     out = args.out or os.path.join(RESULTS, f"kernels-{dev}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -114,7 +114,9 @@ def as_loss(value, device: torch.device) -> torch.Tensor:
                 f"{tuple(value.shape)}; reduce it (e.g. .mean()) inside the closure"
             )
         if value.is_complex():
-            raise TypeError(f"the closure returned a complex loss ({value.dtype}); return a real one")
+            raise TypeError(
+                f"the closure returned a complex loss ({value.dtype}); return a real one"
+            )
         return value.detach().reshape(())
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=torch.float64, device=device)

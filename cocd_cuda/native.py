@@ -96,7 +96,11 @@ class NativeEngine(ReferenceEngine):
             rows = [
                 [ptr, start, numel, _DTYPE_CODE[p.dtype] | (gi << 8)]
                 for ptr, start, numel, p, gi in zip(
-                    ptrs, layout.starts, layout.numels, layout.params, layout.param_group,
+                    ptrs,
+                    layout.starts,
+                    layout.numels,
+                    layout.params,
+                    layout.param_group,
                     strict=True,
                 )
             ]
@@ -138,8 +142,16 @@ class NativeEngine(ReferenceEngine):
                 )
         else:
             ops.fifo_update_(
-                layout.params, self.coords, self.v, self._g, table, self.head, self.c, n,
-                [hp.lr for hp in hyper], [hp.weight_decay for hp in hyper],
+                layout.params,
+                self.coords,
+                self.v,
+                self._g,
+                table,
+                self.head,
+                self.c,
+                n,
+                [hp.lr for hp in hyper],
+                [hp.weight_decay for hp in hyper],
                 [hp.momentum for hp in hyper],
             )
             self.head = (self.head + self.B) % self.m

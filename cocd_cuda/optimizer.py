@@ -230,4 +230,3 @@ class CoCD(torch.optim.Optimizer):
             raise ValueError(f"state_dict has an invalid nonfinite={nonfinite!r}")
         self._engine.load(state)
         self.nonfinite = self._engine.nonfinite = nonfinite
-

@@ -41,8 +41,8 @@ inline void check_buffer(const at::Tensor& t, at::ScalarType dtype, int64_t nume
   TORCH_CHECK_VALUE(t.scalar_type() == dtype, what, " must have dtype ", dtype, ", got ",
                     t.scalar_type());
   TORCH_CHECK_VALUE(t.is_contiguous(), what, " must be contiguous");
-  TORCH_CHECK_VALUE(numel < 0 || t.numel() == numel, what, " must have ", numel,
-                    " elements, got ", t.numel());
+  TORCH_CHECK_VALUE(numel < 0 || t.numel() == numel, what, " must have ", numel, " elements, got ",
+                    t.numel());
 }
 
 inline const ParamRef* table_of(const at::Tensor& table) {
@@ -78,8 +78,9 @@ inline GroupParams group_params(c10::ArrayRef<double> lr, c10::ArrayRef<double> 
 
 // The loss tensor a closure returned, checked like the Python path checks it.
 inline at::Tensor checked_loss(const at::Tensor& loss, const at::Tensor& losses) {
-  TORCH_CHECK_VALUE(loss.numel() == 1, "the closure must return a scalar loss, got a tensor of shape ",
-                    loss.sizes(), "; reduce it (e.g. .mean()) inside the closure");
+  TORCH_CHECK_VALUE(loss.numel() == 1,
+                    "the closure must return a scalar loss, got a tensor of shape ", loss.sizes(),
+                    "; reduce it (e.g. .mean()) inside the closure");
   TORCH_CHECK_TYPE(!loss.is_complex(), "the closure returned a complex loss (", loss.scalar_type(),
                    "); return a real one");
   check_on(loss, losses, "the loss");

@@ -48,8 +48,7 @@ void advance_cpu(at::Tensor& losses, const at::Tensor& slots, const at::Tensor& 
   if (loss.has_value()) value = binding::checked_loss(*loss, losses);
   cpu::advance(losses.data_ptr<double>(), losses.numel(), binding::slots_of(slots),
                binding::table_of(table), value.defined() ? value.const_data_ptr() : nullptr,
-               value.defined() ? binding::dtype_of(value, "the loss") : kDouble, src, dst,
-               central);
+               value.defined() ? binding::dtype_of(value, "the loss") : kDouble, src, dst, central);
 }
 
 void finite_difference_cpu(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
@@ -68,8 +67,8 @@ void finite_difference_cpu(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
   } else {
     check_buffer(g, at::kFloat, B, "g");
     cpu::finite_difference<float>(g.data_ptr<float>(), loss_out.data_ptr<float>(),
-                                  bad.data_ptr<int32_t>(), losses.data_ptr<double>(), s, B,
-                                  central, zero_nonfinite);
+                                  bad.data_ptr<int32_t>(), losses.data_ptr<double>(), s, B, central,
+                                  zero_nonfinite);
   }
 }
 
@@ -87,9 +86,8 @@ void dense_group(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
   }
 }
 
-void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
-                      int64_t first, int64_t c, int64_t n, double lr, double weight_decay,
-                      double momentum) {
+void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tensor& g, int64_t first,
+                      int64_t c, int64_t n, double lr, double weight_decay, double momentum) {
   check_buffer(buffer, buffer.scalar_type(), n, "buffer");
   check_buffer(g, buffer.scalar_type(), -1, "g");
   binding::check_params(params, buffer);
@@ -122,13 +120,11 @@ void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals
   const ParamRef* t = binding::table_of(table);
   if (vals.scalar_type() == at::kDouble) {
     cpu::fifo_update<double>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
-                             g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n,
-                             groups);
+                             g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n, groups);
   } else {
     check_buffer(vals, at::kFloat, m, "vals");
     cpu::fifo_update<float>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
-                            g.data_ptr<float>(), g.numel(), t, table.size(0), head, c, n,
-                            groups);
+                            g.data_ptr<float>(), g.numel(), t, table.size(0), head, c, n, groups);
   }
   for (const auto& p : params) bump(p);
   bump(coords);

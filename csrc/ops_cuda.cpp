@@ -35,11 +35,11 @@ void advance_cuda(at::Tensor& losses, const at::Tensor& slots, const at::Tensor&
   const c10::cuda::CUDAGuard guard(losses.device());
   at::Tensor value;
   if (loss.has_value()) value = binding::checked_loss(*loss, losses);
-  C10_CUDA_CHECK(cuda::advance(
-      losses.data_ptr<double>(), losses.numel(), binding::slots_of(slots),
-      binding::table_of(table), value.defined() ? value.const_data_ptr() : nullptr,
-      value.defined() ? binding::dtype_of(value, "the loss") : kDouble, src, dst, central,
-      current_stream()));
+  C10_CUDA_CHECK(cuda::advance(losses.data_ptr<double>(), losses.numel(), binding::slots_of(slots),
+                               binding::table_of(table),
+                               value.defined() ? value.const_data_ptr() : nullptr,
+                               value.defined() ? binding::dtype_of(value, "the loss") : kDouble,
+                               src, dst, central, current_stream()));
 }
 
 void finite_difference_cuda(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
@@ -111,14 +111,14 @@ void fifo_update_cuda(at::TensorList params, at::Tensor& coords, at::Tensor& val
   const GroupParams groups = binding::group_params(lr, weight_decay, {}, momentum);
   const ParamRef* t = binding::table_of(table);
   if (vals.scalar_type() == at::kDouble) {
-    C10_CUDA_CHECK(cuda::fifo_update<double>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(),
-                                             m, g.data_ptr<double>(), g.numel(), t, table.size(0),
+    C10_CUDA_CHECK(cuda::fifo_update<double>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
+                                             g.data_ptr<double>(), g.numel(), t, table.size(0),
                                              head, c, n, groups, current_stream()));
   } else {
     check_buffer(vals, at::kFloat, m, "vals");
     C10_CUDA_CHECK(cuda::fifo_update<float>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
-                                            g.data_ptr<float>(), g.numel(), t, table.size(0),
-                                            head, c, n, groups, current_stream()));
+                                            g.data_ptr<float>(), g.numel(), t, table.size(0), head,
+                                            c, n, groups, current_stream()));
   }
   for (const auto& p : params) bump(p);
   bump(coords);
@@ -139,10 +139,9 @@ at::Tensor perturb_batch_cuda(const at::Tensor& x, const at::Tensor& index,
   shape.insert(shape.end(), x.sizes().begin(), x.sizes().end());
   at::Tensor out = at::empty(shape, x.options());
   if (out.numel() > 0) {
-    C10_CUDA_CHECK(cuda::perturb_batch(out.data_ptr(), x.const_data_ptr(),
-                                       binding::dtype_of(x, "x"), x.numel(),
-                                       index.data_ptr<int64_t>(), delta.data_ptr<double>(),
-                                       index.numel(), current_stream()));
+    C10_CUDA_CHECK(cuda::perturb_batch(
+        out.data_ptr(), x.const_data_ptr(), binding::dtype_of(x, "x"), x.numel(),
+        index.data_ptr<int64_t>(), delta.data_ptr<double>(), index.numel(), current_stream()));
   }
   return out;
 }

@@ -151,7 +151,7 @@ def test_state_dict_crosses_backends(mode, device):
         swapped.append((copies, fresh, objective(copies)))
     for _ in range(3):
         runs, _ = next(gen)
-        for copies, fresh, f in swapped:
+        for _, fresh, f in swapped:
             fresh.step(f)
     for (copies, _, _), (params, _, _) in zip(swapped, runs[::-1], strict=True):
         for a, b in zip(copies, params, strict=True):
@@ -239,7 +239,8 @@ def _op_samples(device):
 
 
 @pytest.mark.parametrize(
-    "op", ["plan_", "advance_", "finite_difference_", "dense_update_", "fifo_update_", "perturb_batch"]
+    "op",
+    ["plan_", "advance_", "finite_difference_", "dense_update_", "fifo_update_", "perturb_batch"],
 )
 def test_opcheck(op, device):
     args = _op_samples(device)[op]
@@ -288,4 +289,3 @@ def test_cuda_step_never_synchronises(mode):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert opt.step_count == 4
-

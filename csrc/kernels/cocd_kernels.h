@@ -26,7 +26,7 @@ struct ParamRef {
   int64_t ptr;    // address of element 0 (contiguous row-major storage)
   int64_t start;  // first coordinate of this parameter in the flat vector x
   int64_t numel;
-  int64_t meta;   // dtype | group << 8
+  int64_t meta;  // dtype | group << 8
 };
 static_assert(sizeof(ParamRef) == 4 * sizeof(int64_t), "ParamRef is a row of int64[P, 4]");
 
@@ -34,12 +34,12 @@ static_assert(sizeof(ParamRef) == 4 * sizeof(int64_t), "ParamRef is a row of int
 // the unperturbed x, so every evaluation of the step perturbs the same base point and
 // restoring writes back the saved bits: never x + eps - eps.
 struct Slot {
-  int64_t param;    // row of the parameter table
-  int64_t offset;   // element inside that parameter
-  uint64_t saved;   // original value, raw bits in the parameter's dtype
-  uint64_t plus;    // round(x + eps), raw bits
-  uint64_t minus;   // round(x - eps) (central) or the original bits (forward)
-  double h;         // realised step plus - minus, exact in float64
+  int64_t param;   // row of the parameter table
+  int64_t offset;  // element inside that parameter
+  uint64_t saved;  // original value, raw bits in the parameter's dtype
+  uint64_t plus;   // round(x + eps), raw bits
+  uint64_t minus;  // round(x - eps) (central) or the original bits (forward)
+  double h;        // realised step plus - minus, exact in float64
 };
 static_assert(sizeof(Slot) == 6 * sizeof(int64_t), "Slot is a row of int64[B, 6]");
 
@@ -84,9 +84,8 @@ void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* lo
 // and its buffer slice v: v <- momentum*v except the fresh block, where v <- g;
 // x <- x*(1 - lr*wd) - lr*v. One pass over x and v.
 template <typename acc_t>
-void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first,
-                  const acc_t* g, int64_t c, int64_t n, int64_t B, double lr, double wd,
-                  double momentum);
+void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first, const acc_t* g,
+                  int64_t c, int64_t n, int64_t B, double lr, double wd, double momentum);
 
 // FIFO decay + push + scatter-descend in one pass over the ring of m entries. The B
 // fresh entries go to ring slots head, head+1, ... (mod m) with coordinates c, c+1, ...

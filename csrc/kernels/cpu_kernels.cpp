@@ -37,8 +37,8 @@ void descend_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi,
 
 // Fresh coordinates: v <- g (not decayed in the step that made them), then descend.
 template <typename codec, typename acc_t, bool kWd>
-void refresh_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi,
-                   const acc_t* g, acc_t decay, acc_t lr) {
+void refresh_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi, const acc_t* g,
+                   acc_t decay, acc_t lr) {
   for (int64_t i = lo; i < hi; ++i) {
     const acc_t vi = g[i - lo];
     v[i] = vi;
@@ -76,8 +76,8 @@ void dense_typed(void* xp, acc_t* v, int64_t len, int64_t first, const acc_t* g,
     const int64_t lo = std::max(f.lo, first), hi = std::min(f.hi, end);
     if (lo >= hi) continue;
     stale(pos, lo);
-    refresh_range<codec, acc_t, kWd>(x, v, lo - first, hi - first, g + f.g0 + (lo - f.lo),
-                                     decay, a_lr);
+    refresh_range<codec, acc_t, kWd>(x, v, lo - first, hi - first, g + f.g0 + (lo - f.lo), decay,
+                                     a_lr);
     pos = hi;
   }
   stale(pos, end);
@@ -224,11 +224,10 @@ template void finite_difference<double>(double*, double*, int32_t*, const double
                                         int64_t, bool, bool);
 template void dense_update<float>(void*, DType, float*, int64_t, int64_t, const float*, int64_t,
                                   int64_t, int64_t, double, double, double);
-template void dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*,
-                                   int64_t, int64_t, int64_t, double, double, double);
-template void fifo_update<float>(int64_t*, float*, int64_t, const float*, int64_t,
-                                 const ParamRef*, int64_t, int64_t, int64_t, int64_t,
-                                 const GroupParams&);
+template void dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*, int64_t,
+                                   int64_t, int64_t, double, double, double);
+template void fifo_update<float>(int64_t*, float*, int64_t, const float*, int64_t, const ParamRef*,
+                                 int64_t, int64_t, int64_t, int64_t, const GroupParams&);
 template void fifo_update<double>(int64_t*, double*, int64_t, const double*, int64_t,
                                   const ParamRef*, int64_t, int64_t, int64_t, int64_t,
                                   const GroupParams&);

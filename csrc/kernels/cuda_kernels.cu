@@ -62,8 +62,7 @@ __global__ void advance_kernel(double* losses, int64_t n_eval, const Slot* slots
     const Slot s = slots[s_to];
     const ParamRef r = table[s.param];
     const bool minus = central && (to % 2 == 1);
-    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset,
-               minus ? s.minus : s.plus);
+    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, minus ? s.minus : s.plus);
   }
 }
 
@@ -170,9 +169,8 @@ __global__ void fifo_kernel(int64_t* coords, acc_t* vals, int64_t m, const acc_t
 }
 
 template <typename storage_t>
-__global__ void perturb_batch_kernel(storage_t* out, const storage_t* x, DType dtype,
-                                     int64_t numel, const int64_t* index, const double* delta,
-                                     int64_t K) {
+__global__ void perturb_batch_kernel(storage_t* out, const storage_t* x, DType dtype, int64_t numel,
+                                     const int64_t* index, const double* delta, int64_t K) {
   const int64_t total = K * numel;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -187,12 +185,11 @@ __global__ void perturb_batch_kernel(storage_t* out, const storage_t* x, DType d
 }
 
 template <typename codec, typename acc_t>
-void launch_dense(void* x, acc_t* v, int64_t len, const acc_t* g, const Fresh& fresh,
-                  double lr, double wd, double momentum, cudaStream_t stream) {
+void launch_dense(void* x, acc_t* v, int64_t len, const acc_t* g, const Fresh& fresh, double lr,
+                  double wd, double momentum, cudaStream_t stream) {
   dense_kernel<codec, acc_t><<<blocks_for(len), kThreads, 0, stream>>>(
-      static_cast<typename codec::storage*>(x), v, len, g, fresh,
-      static_cast<acc_t>(1.0 - lr * wd), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
-      momentum != 1.0, wd != 0.0);
+      static_cast<typename codec::storage*>(x), v, len, g, fresh, static_cast<acc_t>(1.0 - lr * wd),
+      static_cast<acc_t>(lr), static_cast<acc_t>(momentum), momentum != 1.0, wd != 0.0);
 }
 
 }  // namespace
@@ -215,8 +212,8 @@ template <typename acc_t>
 cudaError_t finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
                               const Slot* slots, int64_t B, bool central, bool zero_nonfinite,
                               cudaStream_t stream) {
-  finite_difference_kernel<acc_t><<<1, kThreads, 0, stream>>>(g, loss_out, bad, losses, slots, B,
-                                                              central, zero_nonfinite);
+  finite_difference_kernel<acc_t>
+      <<<1, kThreads, 0, stream>>>(g, loss_out, bad, losses, slots, B, central, zero_nonfinite);
   return cudaGetLastError();
 }
 
@@ -254,8 +251,8 @@ template <typename acc_t>
 cudaError_t fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                         const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                         const GroupParams& groups, cudaStream_t stream) {
-  fifo_kernel<acc_t><<<blocks_for(m), kThreads, 0, stream>>>(coords, vals, m, g, B, table, P,
-                                                             head, c, n, groups);
+  fifo_kernel<acc_t>
+      <<<blocks_for(m), kThreads, 0, stream>>>(coords, vals, m, g, B, table, P, head, c, n, groups);
   return cudaGetLastError();
 }
 
@@ -267,24 +264,24 @@ cudaError_t perturb_batch(void* out, const void* x, DType dtype, int64_t numel,
     case kHalf:
     case kBFloat16:
       perturb_batch_kernel<uint16_t><<<blocks, kThreads, 0, stream>>>(
-          static_cast<uint16_t*>(out), static_cast<const uint16_t*>(x), dtype, numel, index,
-          delta, K);
+          static_cast<uint16_t*>(out), static_cast<const uint16_t*>(x), dtype, numel, index, delta,
+          K);
       break;
     case kFloat:
       perturb_batch_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(
-          static_cast<uint32_t*>(out), static_cast<const uint32_t*>(x), dtype, numel, index,
-          delta, K);
+          static_cast<uint32_t*>(out), static_cast<const uint32_t*>(x), dtype, numel, index, delta,
+          K);
       break;
     default:
       perturb_batch_kernel<uint64_t><<<blocks, kThreads, 0, stream>>>(
-          static_cast<uint64_t*>(out), static_cast<const uint64_t*>(x), dtype, numel, index,
-          delta, K);
+          static_cast<uint64_t*>(out), static_cast<const uint64_t*>(x), dtype, numel, index, delta,
+          K);
   }
   return cudaGetLastError();
 }
 
-template cudaError_t finite_difference<float>(float*, float*, int32_t*, const double*,
-                                              const Slot*, int64_t, bool, bool, cudaStream_t);
+template cudaError_t finite_difference<float>(float*, float*, int32_t*, const double*, const Slot*,
+                                              int64_t, bool, bool, cudaStream_t);
 template cudaError_t finite_difference<double>(double*, double*, int32_t*, const double*,
                                                const Slot*, int64_t, bool, bool, cudaStream_t);
 template cudaError_t dense_update<float>(void*, DType, float*, int64_t, int64_t, const float*,
