@@ -1,6 +1,7 @@
 """cocd_cuda: Coherent Coordinate Descent (CoCD), a deterministic zeroth-order optimizer."""
 
+from .objective import ModelObjective
 from .optimizer import CoCD
 
 __version__ = "0.1.0"
-__all__ = ["CoCD", "__version__"]
+__all__ = ["CoCD", "ModelObjective", "__version__"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .layout import as_loss
-from .reference import ReferenceEngine
+from .reference import ReferenceEngine, evaluates_blocks
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 MAX_GROUPS = 64  # kMaxGroups in csrc/kernels/cocd_kernels.h
@@ -114,25 +114,15 @@ class NativeEngine(ReferenceEngine):
         table = self._param_table()
         slots, losses, central = self._slots, self._losses, self.central
         ops.plan_(slots, table, self.c, n, [hp.eps for hp in hyper], central)
-        advance, n_eval, dev, is_cuda = ops.advance_, self._n_eval, layout.device, self._is_cuda
-        current = -1  # the evaluation whose perturbation x holds now
-        try:
-            advance(losses, slots, table, None, -1, 0, central)
-            current = 0
-            for k in range(n_eval):
-                value = closure()
-                if type(value) is not torch.Tensor or value.is_cuda != is_cuda:
-                    value = as_loss(value, dev).to(dev)
-                advance(losses, slots, table, value, k, k + 1, central)
-                current = k + 1
-        except BaseException:
-            advance(losses, slots, table, None, current, n_eval, central)  # exact restore
-            raise
-        loss = torch.empty((), dtype=layout.acc_dtype, device=dev)
+        if evaluates_blocks(closure):
+            losses = closure.evaluate_block(self.block(hyper))
+        else:
+            self._evaluate_in_place(closure, table)
+        loss = torch.empty((), dtype=layout.acc_dtype, device=layout.device)
         zero = self.nonfinite == "zero"
         ops.finite_difference_(self._g, loss, self._bad, losses, slots, central, zero)
         if not zero and self._bad.item():  # raise mode's one host read per step
-            self._raise_nonfinite()
+            self._raise_nonfinite(losses)
         if self.dense:
             for params, (start, _), hp in zip(
                 self._group_params, layout.group_bounds, hyper, strict=True
@@ -159,8 +149,30 @@ class NativeEngine(ReferenceEngine):
         self.t += 1
         return loss
 
-    def _raise_nonfinite(self):
-        losses = self._losses
+    def _evaluate_in_place(self, closure, table) -> None:
+        """Call the closure at each point; advance_ perturbs, records and restores."""
+        ops, slots, losses, central = torch.ops.cocd_cuda, self._slots, self._losses, self.central
+        advance, n_eval, dev, is_cuda = (
+            ops.advance_,
+            self._n_eval,
+            self.layout.device,
+            self._is_cuda,
+        )
+        current = -1  # the evaluation whose perturbation x holds now
+        try:
+            advance(losses, slots, table, None, -1, 0, central)
+            current = 0
+            for k in range(n_eval):
+                value = closure()
+                if type(value) is not torch.Tensor or value.is_cuda != is_cuda:
+                    value = as_loss(value, dev).to(dev)
+                advance(losses, slots, table, value, k, k + 1, central)
+                current = k + 1
+        except BaseException:
+            advance(losses, slots, table, None, current, n_eval, central)  # exact restore
+            raise
+
+    def _raise_nonfinite(self, losses):
         if self.central:
             f_plus, f_minus = losses[0::2], losses[1::2]
         else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .layout import ParamLayout, as_loss
+from .objective import Block
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,28 @@ class ReferenceEngine:
     # ------------------------------------------------------------------- step
     def step(self, closure, hyper: list[GroupHyper]) -> torch.Tensor:
         """One CoCD step. Nothing is changed unless every evaluation succeeds."""
-        losses, h = self._evaluate(closure, hyper)
+        if evaluates_blocks(closure):
+            block = self.block(hyper)
+            losses, h = closure.evaluate_block(block), block.plus - block.minus
+        else:
+            losses, h = self._evaluate(closure, hyper)
         g, loss = self._estimates(losses, h)
         self._commit(g, hyper)
         return loss
+
+    def block(self, hyper: list[GroupHyper]) -> Block:
+        """The step's coordinates and their perturbed values, for a block evaluator."""
+        layout, parts = self.layout, ([], [], [])
+        runs = layout.runs(self.c, self.B)
+        for run in runs:
+            p = layout.params[run.param]
+            eps = hyper[layout.param_group[run.param]].eps
+            base = p.reshape(-1)[run.offset : run.offset + run.length]
+            minus = perturbed(base, -eps) if self.central else base
+            for part, values in zip(parts, (base, perturbed(base, eps), minus), strict=True):
+                part.append(values.double())
+        base, plus, minus = (torch.cat(part) for part in parts)
+        return Block(layout.params, runs, base, plus, minus, self.central)
 
     def _evaluate(self, closure, hyper):
         """Evaluate f at the block's perturbed points; x is restored on every exit."""
@@ -194,6 +213,11 @@ class ReferenceEngine:
                     p.copy_(flat.view(p.shape))
         self.c = (self.c + B) % n
         self.t += 1
+
+
+def evaluates_blocks(closure) -> bool:
+    """True for closures that evaluate a whole block at once (a non-sequential ModelObjective)."""
+    return callable(getattr(closure, "evaluate_block", None)) and closure.strategy != "sequential"
 
 
 def _descend(x: torch.Tensor, v: torch.Tensor, hp: GroupHyper) -> torch.Tensor:

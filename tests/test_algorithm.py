@@ -69,7 +69,7 @@ class HandRolled:
         return self.hypers[self.group_of[i]]
 
     def step(self, f):
-        self.v = [self.hp(i)["momentum"] * v for i, v in zip(self.coords, self.v)]
+        self.v = [self.hp(i)["momentum"] * v for i, v in zip(self.coords, self.v, strict=True)]
         f0 = None if self.central else f(self.x)
         for j in range(self.B):
             i = (self.c + j) % self.n
@@ -84,7 +84,7 @@ class HandRolled:
             self.v[self.head] = (f_plus - f_minus) / h if h != 0 else 0.0
             self.head = (self.head + 1) % self.m
         self.c = (self.c + self.B) % self.n
-        for i, v in zip(self.coords, self.v):
+        for i, v in zip(self.coords, self.v, strict=True):
             lr, wd = self.hp(i)["lr"], self.hp(i)["weight_decay"]
             self.x[i] = self.x[i] * (1 - lr * wd) - lr * v
 
@@ -92,7 +92,9 @@ class HandRolled:
 def assert_matches(opt, params, ref, rtol=1e-12):
     """Parameters, buffer and ring of ``opt`` equal the hand-rolled state."""
     dev = params[0].device
-    torch.testing.assert_close(flat(params), torch.tensor(ref.x, dtype=F64, device=dev), rtol=rtol, atol=1e-14)
+    torch.testing.assert_close(
+        flat(params), torch.tensor(ref.x, dtype=F64, device=dev), rtol=rtol, atol=1e-14
+    )
     engine = opt._engine
     torch.testing.assert_close(
         engine.v.to(F64), torch.tensor(ref.v, dtype=F64, device=dev), rtol=rtol, atol=1e-14
@@ -108,6 +110,7 @@ MODES = [
     pytest.param(False, None, id="dense-forward"),
     pytest.param(True, 4, id="fifo-central"),
     pytest.param(False, 4, id="fifo-forward"),
+    pytest.param(True, 3, id="fifo-m-equals-B"),
 ]
 
 
@@ -118,14 +121,18 @@ def test_momentum_zero_is_bccd(backend, device):
     f, A, b = quadratic(n, device)
     x = torch.randn(n, dtype=F64, device=device)
     # A nonzero initial buffer would move every coordinate if it were not decayed to 0.
-    opt = CoCD([x], lr=lr, momentum=0.0, compute_budget=B, init_grad=torch.full((n,), 5.0), backend=backend)
+    opt = CoCD(
+        [x], lr=lr, momentum=0.0, compute_budget=B, init_grad=torch.full((n,), 5.0), backend=backend
+    )
     for step in range(4):
         before = x.clone()
         grad = A @ before - b
         opt.step(closure_of(f, [x]))
         block = [(step * B + j) % n for j in range(B)]
         outside = [i for i in range(n) if i not in block]
-        torch.testing.assert_close(x[block], before[block] - lr * grad[block], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            x[block], before[block] - lr * grad[block], rtol=1e-10, atol=1e-12
+        )
         assert torch.equal(x[outside], before[outside])
         # The buffer holds the last block's estimates only.
         v = opt._engine.v
@@ -156,7 +163,14 @@ def test_matches_hand_rolled_loop(backend, device, central, memory, momentum):
     x = torch.randn(n, dtype=F64, device=device)
     h = hyper(lr=0.05, weight_decay=0.1, eps=0.1, momentum=momentum)
     ref = HandRolled(x.tolist(), [n], [h], B, memory, central)
-    opt = CoCD([x], **h, compute_budget=B, memory_budget=memory, central_difference=central, backend=backend)
+    opt = CoCD(
+        [x],
+        **h,
+        compute_budget=B,
+        memory_budget=memory,
+        central_difference=central,
+        backend=backend,
+    )
     for _ in range(6):
         opt.step(closure_of(f, [x]))
         ref.step(on_list(f, device))
@@ -254,7 +268,7 @@ def test_evaluation_count(backend, central, budget):
 @pytest.mark.parametrize("central", [True, False], ids=["central", "forward"])
 def test_evaluation_order_and_base_point(backend, central):
     """Evaluations: f(x) first (forward), then x +- eps e_i for i = c, ..., c+B-1 mod n."""
-    n, B, eps = 5, 2, 0.125
+    B, eps = 2, 0.125
     x = torch.tensor([0.5, -1.0, 2.0, 0.25, 3.0], dtype=F64)
     seen = []
 
@@ -275,6 +289,24 @@ def test_evaluation_order_and_base_point(backend, central):
         else:
             expected = [None] + [(i, eps) for i in block]
         assert seen == expected
+
+
+def test_closure_runs_without_grad(backend):
+    """The closure is evaluated under torch.no_grad(), even when the caller enables grad."""
+    model = torch.nn.Linear(3, 1)
+    X = torch.randn(8, 3)
+    modes = []
+
+    def closure():
+        modes.append(torch.is_grad_enabled())
+        return model(X).pow(2).mean()
+
+    opt = CoCD(model.parameters(), compute_budget=2, backend=backend)
+    with torch.enable_grad():
+        loss = opt.step(closure)
+    assert modes == [False] * 4
+    assert not loss.requires_grad
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ------------------------------------------------------------------------- param groups
@@ -359,7 +391,14 @@ def test_low_precision_lr_zero_is_bit_identical(backend, dtype, central, memory)
         z = torch.cat([big.float() / 1000, small.float()])
         return (w * z).sum() + (z**2).sum()
 
-    opt = CoCD(groups, lr=0.0, compute_budget=5, memory_budget=memory, central_difference=central, backend=backend)
+    opt = CoCD(
+        groups,
+        lr=0.0,
+        compute_budget=5,
+        memory_budget=memory,
+        central_difference=central,
+        backend=backend,
+    )
     for _ in range(4):
         opt.step(closure)
     bits = torch.int16
@@ -413,7 +452,8 @@ def test_realised_step_is_the_denominator(backend, dtype, central, eps):
     nominal = 2 * eps if central else eps
     assert h[0] != 0 and abs(h[0] - nominal) > 0.1 * nominal  # realised step != nominal
     assert h[4] == 0.0  # 1000 +- eps rounds back to 1000
-    expected = torch.tensor([wi if hi != 0 else 0.0 for wi, hi in zip(w, h)], dtype=torch.float32)
+    expected = [wi if hi != 0 else 0.0 for wi, hi in zip(w, h, strict=True)]
+    expected = torch.tensor(expected, dtype=torch.float32)
     torch.testing.assert_close(opt._engine.v, expected, rtol=2e-7, atol=0)
 
 
@@ -497,7 +537,9 @@ def test_python_float_loss(backend):
         assert float(loss_x) == float(loss_y)
 
 
-@pytest.mark.parametrize("loss_dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize(
+    "loss_dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"]
+)
 def test_loss_of_another_dtype(backend, loss_dtype):
     """A loss in another dtype is read as is: estimates use its rounded values."""
     x = torch.randn(6, dtype=F64)

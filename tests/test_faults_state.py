@@ -11,7 +11,9 @@ B = 3  # blocks per step; n = 7, so the third block (6, 0, 1) wraps and spans bo
 
 
 # ----------------------------------------------------------------------------- helpers
-def make(backend, central=True, memory=None, dtype=torch.float32, nonfinite="raise", seed=0, lr=0.05):
+def make(
+    backend, central=True, memory=None, dtype=torch.float32, nonfinite="raise", seed=0, lr=0.05
+):
     """A two-group optimizer over fresh parameters (4 + 3 elements); returns (opt, params)."""
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(4, generator=gen).to(dtype)
@@ -51,7 +53,7 @@ def snapshot(opt, ps):
 def assert_same(opt, ps, snap):
     """Parameters and optimizer state equal ``snap`` bit for bit."""
     xs, v, coords, head, c, t = snap
-    for p, x in zip(ps, xs):
+    for p, x in zip(ps, xs, strict=True):
         assert torch.equal(p, x)
     e = opt._engine
     assert torch.equal(e.v, v)
@@ -230,14 +232,15 @@ def round_trip(state, via):
     return torch.load(buf)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("via", ["direct", "bytesio"])
 @pytest.mark.parametrize(("central", "memory"), MODE_PARAMS)
-def test_resume_is_bit_exact(backend, central, memory, via):
+def test_resume_is_bit_exact(backend, central, memory, via, dtype):
     """6 steps equal 3 steps, save, load into a fresh optimizer over copied params, 3 steps."""
-    opt_a, ps_a = make(backend, central, memory)
+    opt_a, ps_a = make(backend, central, memory, dtype)
     losses_a = [opt_a.step(lambda: objective(ps_a)) for _ in range(6)]
 
-    opt_b, ps_b = make(backend, central, memory)
+    opt_b, ps_b = make(backend, central, memory, dtype)
     for _ in range(3):
         opt_b.step(lambda: objective(ps_b))
     saved = round_trip(opt_b.state_dict(), via)
@@ -323,7 +326,7 @@ def test_load_state_dict_rejects_foreign_state(backend):
 # ---------------------------------------------------------------------------- reset
 @pytest.mark.parametrize(("central", "memory"), MODE_PARAMS)
 def test_reset_restarts(backend, central, memory):
-    """reset(): buffer 0, ring 0..m-1, head = c = t = 0, options kept; next step = fresh first step."""
+    """reset(): buffer 0, ring 0..m-1, head = c = t = 0, options kept; then a fresh first step."""
     opt, ps = make(backend, central, memory)
     for _ in range(3):
         opt.step(lambda: objective(ps))
@@ -336,11 +339,12 @@ def test_reset_restarts(backend, central, memory):
     if memory is not None:
         assert e.coords.tolist() == list(range(m))
     assert (opt.compute_budget, opt.memory_budget, opt.central_difference) == (B, m, central)
+    assert opt.nonfinite == "raise"
     assert opt.param_groups[0]["lr"] == 0.03
 
     fresh_ps = [p.clone() for p in ps]
     fresh = CoCD(
-        [{**g, "params": [q]} for g, q in zip(opt.param_groups, fresh_ps)],
+        [{**g, "params": [q]} for g, q in zip(opt.param_groups, fresh_ps, strict=True)],
         compute_budget=B,
         memory_budget=memory,
         central_difference=central,

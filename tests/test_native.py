@@ -194,7 +194,11 @@ def _engine_inputs(device, dtype=torch.float32, **options):
 
 
 def _op_samples(device):
-    """One argument tuple per op, built from a live native engine."""
+    """One argument tuple per op, built from a live native engine.
+
+    Returns the engines too: the parameter table holds raw pointers, so the caller
+    must keep the parameters alive while it runs the ops.
+    """
     params, _, eng, table = _engine_inputs(device)
     eng_f = _engine_inputs(device, memory_budget=6, central_difference=False)[2]
     table_f = eng_f._param_table()
@@ -204,7 +208,7 @@ def _op_samples(device):
     torch.ops.cocd_cuda.plan_(slots, table, c, n, [0.1], True)
     loss = torch.tensor(3.0, device=device)
     g = torch.linspace(-1, 1, 4, device=device)
-    return {
+    samples = {
         "plan_": (slots, table, c, n, [0.1], True),
         "advance_": (losses, slots, table, loss, 1, 2, True),
         "finite_difference_": (
@@ -236,6 +240,7 @@ def _op_samples(device):
             torch.tensor([0.1, -0.1], dtype=torch.float64, device=device),
         ),
     }
+    return samples, (params, eng, eng_f)
 
 
 @pytest.mark.parametrize(
@@ -243,8 +248,9 @@ def _op_samples(device):
     ["plan_", "advance_", "finite_difference_", "dense_update_", "fifo_update_", "perturb_batch"],
 )
 def test_opcheck(op, device):
-    args = _op_samples(device)[op]
-    torch.library.opcheck(getattr(torch.ops.cocd_cuda, op).default, args)
+    samples, keepalive = _op_samples(device)
+    torch.library.opcheck(getattr(torch.ops.cocd_cuda, op).default, samples[op])
+    del keepalive
 
 
 def test_every_op_has_a_fake_and_a_cpu_kernel():
@@ -289,3 +295,13 @@ def test_cuda_step_never_synchronises(mode):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert opt.step_count == 4
+
+
+def test_missing_extension_falls_back_or_says_how_to_build(monkeypatch):
+    monkeypatch.setattr(native, "LOAD_ERROR", "the extension cocd_cuda._C is not built (test)")
+    with pytest.warns(UserWarning, match="not built"):
+        opt = CoCD([torch.zeros(3)])
+    assert opt.backend == "reference"
+    with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e"):
+        CoCD([torch.zeros(3)], backend="native")
+    assert backends.available() == ["reference"]

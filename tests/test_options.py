@@ -36,7 +36,7 @@ def shape_pattern(shape):
 
 def assert_unchanged(opt, ps, snap):
     xs, v, coords, head, c, t = snap
-    assert all(torch.equal(p, x) for p, x in zip(ps, xs))
+    assert all(torch.equal(p, x) for p, x in zip(ps, xs, strict=True))
     e = opt._engine
     assert torch.equal(e.v, v)
     assert (e.coords is None and coords is None) or torch.equal(e.coords, coords)
@@ -162,7 +162,9 @@ def test_budgets_clamped_to_n_and_dense_iff_m_is_n(backend, budget, memory, expe
 
 def test_budgets_accept_integer_like_values(backend):
     """Any object with __index__ (numpy and torch integers) is an int budget."""
-    opt = CoCD(params(6), compute_budget=np.int64(2), memory_budget=torch.tensor(4), backend=backend)
+    opt = CoCD(
+        params(6), compute_budget=np.int64(2), memory_budget=torch.tensor(4), backend=backend
+    )
     assert (opt.compute_budget, opt.memory_budget) == (2, 4)
 
 
@@ -170,7 +172,9 @@ def test_budgets_accept_integer_like_values(backend):
 @pytest.mark.parametrize("value", [1, 0, "yes", None], ids=["int1", "int0", "string", "none"])
 def test_central_difference_must_be_bool(backend, value):
     """A non-bool central_difference is a TypeError naming the value."""
-    with pytest.raises(TypeError, match=re.escape(f"central_difference must be a bool, got {value!r}")):
+    with pytest.raises(
+        TypeError, match=re.escape(f"central_difference must be a bool, got {value!r}")
+    ):
         CoCD(params(), central_difference=value, backend=backend)
 
 
@@ -260,7 +264,9 @@ def test_parameters_without_elements():
 def test_non_floating_parameter(dtype):
     """Integer, bool and complex tensors are rejected, naming the offender's dtype."""
     bad = torch.zeros(3, dtype=dtype)
-    with pytest.raises(ValueError, match=re.escape(f"param group 0, parameter 1 has dtype {dtype}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"param group 0, parameter 1 has dtype {dtype}")
+    ):
         CoCD([torch.zeros(2), bad])
 
 
@@ -349,7 +355,11 @@ def test_closure_returning_non_scalar(backend, shape, central):
 
 @pytest.mark.parametrize(
     "value",
-    [pytest.param("1.0", id="string"), pytest.param(None, id="none"), pytest.param([1.0], id="list")],
+    [
+        pytest.param("1.0", id="string"),
+        pytest.param(None, id="none"),
+        pytest.param([1.0], id="list"),
+    ],
 )
 def test_closure_returning_non_number(backend, value):
     """A loss that is neither a tensor nor a Python number is a TypeError naming its type."""
