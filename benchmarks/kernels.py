@@ -15,11 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
-import statistics
-import subprocess
-import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,35 +22,7 @@ from torch import nn
 import cocd_cuda
 from cocd_cuda.reference import GroupHyper
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
-
-
-def timer(device: str) -> Callable[[Callable[[], object], int], float]:
-    """Seconds per call of fn, over `reps` calls (synchronising around the region)."""
-
-    def run(fn, reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / reps
-
-    return run
-
-
-def compare(cands: dict[str, Callable], device: str, reps: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each candidate, interleaved round by round."""
-    run = timer(device)
-    for fn in cands.values():  # warm-up
-        run(fn, max(1, reps // 4))
-    samples: dict[str, list[float]] = {k: [] for k in cands}
-    for _ in range(rounds):
-        for name, fn in cands.items():
-            samples[name].append(run(fn, reps))
-    return {k: statistics.median(v) for k, v in samples.items()}
+from .common import RESULTS, compare, machine
 
 
 def reps_for(n: int, device: str) -> int:
@@ -190,31 +157,6 @@ def mlp_overhead(device: str, rounds: int, B: int = 64) -> dict:
         "seconds": t,
         "overhead_vs_closures": {k: s / base - 1 for k, s in t.items()},
     }
-
-
-def machine(device: str) -> dict:
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-        dirty = bool(
-            subprocess.check_output(
-                ["git", "status", "--porcelain", "--", "csrc", "cocd_cuda"], text=True
-            ).strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
-    info = {
-        "device": device,
-        "torch": torch.__version__,
-        "commit": commit + ("+dirty" if dirty else ""),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def main() -> None:

@@ -1,0 +1,67 @@
+"""Timing and provenance helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def timer(device: str) -> Callable[[Callable[[], object], int], float]:
+    """Seconds per call of fn, over `reps` calls (synchronising around the region)."""
+
+    def run(fn, reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / reps
+
+    return run
+
+
+def compare(cands: dict[str, Callable], device: str, reps: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each candidate, interleaved round by round."""
+    run = timer(device)
+    for fn in cands.values():  # warm-up
+        run(fn, max(1, reps // 4))
+    samples: dict[str, list[float]] = {k: [] for k in cands}
+    for _ in range(rounds):
+        for name, fn in cands.items():
+            samples[name].append(run(fn, reps))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def machine(device: str) -> dict:
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+        dirty = bool(
+            subprocess.check_output(
+                ["git", "status", "--porcelain", "--", "csrc", "cocd_cuda"], text=True
+            ).strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "commit": commit + ("+dirty" if dirty else ""),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
