@@ -119,12 +119,14 @@ void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals
   const GroupParams groups = binding::group_params(lr, weight_decay, {}, momentum);
   const ParamRef* t = binding::table_of(table);
   if (vals.scalar_type() == at::kDouble) {
-    cpu::fifo_update<double>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
-                             g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n, groups);
+    cpu::fifo_update<double, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
+                                      g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n,
+                                      groups);
   } else {
     check_buffer(vals, at::kFloat, m, "vals");
-    cpu::fifo_update<float>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
-                            g.data_ptr<float>(), g.numel(), t, table.size(0), head, c, n, groups);
+    cpu::fifo_update<float, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
+                                     g.data_ptr<float>(), g.numel(), t, table.size(0), head, c, n,
+                                     groups);
   }
   for (const auto& p : params) bump(p);
   bump(coords);

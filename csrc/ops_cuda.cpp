@@ -111,14 +111,14 @@ void fifo_update_cuda(at::TensorList params, at::Tensor& coords, at::Tensor& val
   const GroupParams groups = binding::group_params(lr, weight_decay, {}, momentum);
   const ParamRef* t = binding::table_of(table);
   if (vals.scalar_type() == at::kDouble) {
-    C10_CUDA_CHECK(cuda::fifo_update<double>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
-                                             g.data_ptr<double>(), g.numel(), t, table.size(0),
-                                             head, c, n, groups, current_stream()));
+    C10_CUDA_CHECK(cuda::fifo_update<double, int64_t>(
+        coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m, g.data_ptr<double>(), g.numel(), t,
+        table.size(0), head, c, n, groups, current_stream()));
   } else {
     check_buffer(vals, at::kFloat, m, "vals");
-    C10_CUDA_CHECK(cuda::fifo_update<float>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
-                                            g.data_ptr<float>(), g.numel(), t, table.size(0), head,
-                                            c, n, groups, current_stream()));
+    C10_CUDA_CHECK(cuda::fifo_update<float, int64_t>(
+        coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m, g.data_ptr<float>(), g.numel(), t,
+        table.size(0), head, c, n, groups, current_stream()));
   }
   for (const auto& p : params) bump(p);
   bump(coords);

@@ -89,8 +89,9 @@ void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first, 
 
 // FIFO decay + push + scatter-descend in one pass over the ring of m entries. The B
 // fresh entries go to ring slots head, head+1, ... (mod m) with coordinates c, c+1, ...
-template <typename acc_t>
-void fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+// coord_t is int64_t (the torch ops) or int32_t (the on-device core, n < 2^31).
+template <typename acc_t, typename coord_t>
+void fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                  const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                  const GroupParams& groups);
 

@@ -26,8 +26,8 @@ cudaError_t dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t 
                          const acc_t* g, int64_t c, int64_t n, int64_t B, double lr, double wd,
                          double momentum, cudaStream_t stream);
 
-template <typename acc_t>
-cudaError_t fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+template <typename acc_t, typename coord_t>
+cudaError_t fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                         const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                         const GroupParams& groups, cudaStream_t stream);
 

@@ -173,8 +173,8 @@ void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first, 
   }
 }
 
-template <typename acc_t>
-void fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+template <typename acc_t, typename coord_t>
+void fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                  const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                  const GroupParams& groups) {
   // Ring entries hold distinct coordinates (the last m refreshed, m < n), so the
@@ -187,7 +187,7 @@ void fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_
     if (j < B) {
       i = (c + j) % n;
       v = g[j];
-      coords[s] = i;
+      coords[s] = static_cast<coord_t>(i);
     } else {
       i = coords[s];
       v = vals[s];
@@ -226,11 +226,15 @@ template void dense_update<float>(void*, DType, float*, int64_t, int64_t, const 
                                   int64_t, int64_t, double, double, double);
 template void dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*, int64_t,
                                    int64_t, int64_t, double, double, double);
-template void fifo_update<float>(int64_t*, float*, int64_t, const float*, int64_t, const ParamRef*,
-                                 int64_t, int64_t, int64_t, int64_t, const GroupParams&);
-template void fifo_update<double>(int64_t*, double*, int64_t, const double*, int64_t,
-                                  const ParamRef*, int64_t, int64_t, int64_t, int64_t,
-                                  const GroupParams&);
+#define COCD_FIFO(acc_t, coord_t)                                                                \
+  template void fifo_update<acc_t, coord_t>(coord_t*, acc_t*, int64_t, const acc_t*, int64_t,    \
+                                            const ParamRef*, int64_t, int64_t, int64_t, int64_t, \
+                                            const GroupParams&);
+COCD_FIFO(float, int64_t)
+COCD_FIFO(double, int64_t)
+COCD_FIFO(float, int32_t)
+COCD_FIFO(double, int32_t)
+#undef COCD_FIFO
 
 }  // namespace cpu
 }  // namespace cocd

@@ -135,8 +135,8 @@ __global__ void dense_kernel(typename codec::storage* x, acc_t* v, int64_t len, 
   }
 }
 
-template <typename acc_t>
-__global__ void fifo_kernel(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+template <typename acc_t, typename coord_t>
+__global__ void fifo_kernel(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                             const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                             GroupParams groups) {
   // Ring entries hold distinct coordinates, so the scatter into x has no conflicts.
@@ -148,7 +148,7 @@ __global__ void fifo_kernel(int64_t* coords, acc_t* vals, int64_t m, const acc_t
     if (j < B) {
       i = (c + j) % n;
       v = g[j];
-      coords[s] = i;
+      coords[s] = static_cast<coord_t>(i);
     } else {
       i = coords[s];
       v = vals[s];
@@ -247,8 +247,8 @@ cudaError_t dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t 
   return cudaGetLastError();
 }
 
-template <typename acc_t>
-cudaError_t fifo_update(int64_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
+template <typename acc_t, typename coord_t>
+cudaError_t fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                         const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                         const GroupParams& groups, cudaStream_t stream) {
   fifo_kernel<acc_t>
@@ -290,12 +290,15 @@ template cudaError_t dense_update<float>(void*, DType, float*, int64_t, int64_t,
 template cudaError_t dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*,
                                           int64_t, int64_t, int64_t, double, double, double,
                                           cudaStream_t);
-template cudaError_t fifo_update<float>(int64_t*, float*, int64_t, const float*, int64_t,
-                                        const ParamRef*, int64_t, int64_t, int64_t, int64_t,
-                                        const GroupParams&, cudaStream_t);
-template cudaError_t fifo_update<double>(int64_t*, double*, int64_t, const double*, int64_t,
-                                         const ParamRef*, int64_t, int64_t, int64_t, int64_t,
-                                         const GroupParams&, cudaStream_t);
+#define COCD_FIFO(acc_t, coord_t)                                                          \
+  template cudaError_t fifo_update<acc_t, coord_t>(                                        \
+      coord_t*, acc_t*, int64_t, const acc_t*, int64_t, const ParamRef*, int64_t, int64_t, \
+      int64_t, int64_t, const GroupParams&, cudaStream_t);
+COCD_FIFO(float, int64_t)
+COCD_FIFO(double, int64_t)
+COCD_FIFO(float, int32_t)
+COCD_FIFO(double, int32_t)
+#undef COCD_FIFO
 
 }  // namespace cuda
 }  // namespace cocd
