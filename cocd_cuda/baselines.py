@@ -1,0 +1,473 @@
+"""Random-direction zeroth-order peers of CoCD: ``SPSA``, ``ZOSGD`` and ``MeZO``.
+
+The optimizers the paper compares CoCD against, with CoCD's closure API. Each step draws
+``num_directions`` (q) random directions ``d`` and forms the two-point estimate
+
+    g = (1/q) * sum_k (f(x + eps d_k) - f(x - eps d_k)) / (2 eps) * d_k
+
+from ``2q`` evaluations of the closure (the same budget as CoCD with ``compute_budget = q``),
+then descends with decoupled weight decay like CoCD: ``x <- x (1 - lr wd) - lr g``.
+
+- ``SPSA``: Rademacher directions (each entry +1 or -1).
+- ``ZOSGD``: Gaussian directions, ``d ~ N(0, I)`` (random gradient estimation).
+- ``MeZO``: ZO-SGD that never stores a direction: each one is regenerated from its seed
+  whenever it is needed and applied to the parameters in place.
+
+BCCD is ``cocd_cuda.CoCD(momentum=0)``; the first-order oracle is ``torch.optim.SGD``.
+
+Common behaviour
+----------------
+- ``step(closure)`` calls the closure ``2q`` times under ``torch.no_grad()``: for each
+  direction at ``x + eps d`` then at ``x - eps d``, every evaluation at the same base point.
+  It returns the mean of ``(f(x + eps d) + f(x - eps d)) / 2`` over the directions, an
+  O(eps^2) estimate of ``f(x)``, as a 0-dim tensor on the parameters' device (float32, or
+  float64 when a parameter is float64). ``evaluations`` counts the evaluations so far
+  (``2q`` per completed step), ``step_count`` the steps.
+- Deterministic given ``seed``: a CPU generator seeded with ``seed`` draws one 63-bit seed
+  per direction and step; the direction's entries come from the optimizer's own
+  ``torch.Generator`` on the parameters' device, reseeded per chunk of at most
+  ``chunk_size`` entries of one tensor (so a direction can be regenerated piece by piece).
+  ``seed=None`` draws the seed from torch's global generator (``torch.manual_seed`` makes
+  that reproducible too). ZOSGD and MeZO draw the same directions from the same seed, so
+  with equal settings they take the same steps (bit for bit on CPU).
+- Directions, projections and the estimate are float32 (float64 with float64
+  parameters), whatever the parameter dtype; a perturbed value is ``x + eps * d`` formed
+  in that dtype and rounded once to the parameter dtype.
+- ``lr`` and ``weight_decay`` are per param group and read at every step (LR schedulers
+  work); ``eps``, ``num_directions``, ``seed`` and ``chunk_size`` are optimizer-wide (one
+  scalar difference is formed per direction across all groups).
+- Faults: if the closure raises, or a loss is not finite (``FloatingPointError``), the
+  parameters are restored bit for bit, the step counters and the seed generator are left
+  as before the step, and the error propagates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import as_loss, finite_number
+
+__all__ = ["SPSA", "ZOSGD", "MeZO"]
+
+_MASK63 = (1 << 63) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread chunk seeds
+
+
+def _chunk_seed(direction_seed: int, chunk: int) -> int:
+    """The generator seed of one chunk of one direction (chunks counted across tensors)."""
+    return (direction_seed + (chunk + 1) * _GOLDEN) & _MASK63
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Invalid {name}: {value!r}; it must be an int >= {minimum}")
+    return value
+
+
+class _RandomDirectionZO(torch.optim.Optimizer):
+    """Shared machinery: validation, direction seeds, chunked direction generation."""
+
+    _distribution = "gaussian"  # or "rademacher"
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        eps: float = 1e-3,
+        num_directions: int = 1,
+        weight_decay: float = 0.0,
+        seed: int | None = None,
+        *,
+        chunk_size: int = 1 << 16,
+    ):
+        name = type(self).__name__
+        defaults = dict(lr=lr, weight_decay=weight_decay)
+        self._check_group(defaults, "defaults")
+        eps = finite_number("eps", eps, "optimizer")
+        if eps <= 0:
+            raise ValueError(f"Invalid eps: {eps!r}; it must be > 0")
+        self.eps = eps
+        self.num_directions = _check_int("num_directions", num_directions)
+        self.chunk_size = _check_int("chunk_size", chunk_size)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        self.seed = _check_int("seed", seed, minimum=0)
+        super().__init__(params, defaults)
+        params = [p for g in self.param_groups for p in g["params"]]
+        seen: set[int] = set()
+        for i, p in enumerate(params):
+            if not p.is_floating_point():
+                raise ValueError(f"{name}: parameter {i} has dtype {p.dtype}; need floating point")
+            if id(p) in seen:
+                raise ValueError(f"{name}: parameter {i} appears twice; pass each tensor once")
+            seen.add(id(p))
+            if p.device != params[0].device:
+                raise ValueError(
+                    f"{name}: parameter {i} is on {p.device} but parameter 0 is on "
+                    f"{params[0].device}; all parameters must share one device"
+                )
+        if sum(p.numel() for p in params) == 0:
+            raise ValueError(f"{name} got no parameter elements; there is nothing to optimize")
+        self._params = params
+        self.device = params[0].device
+        wide = any(p.dtype == torch.float64 for p in params)
+        self.acc_dtype = torch.float64 if wide else torch.float32
+        self._seeds = torch.Generator().manual_seed(self.seed)  # host: one seed per direction
+        self._gen = torch.Generator(device=self.device)  # device: the directions' entries
+        self.evaluations = 0
+        self._t = 0
+
+    # ------------------------------------------------------------------ options
+    @staticmethod
+    def _check_group(group: dict, where: str) -> tuple[float, float]:
+        lr = finite_number("lr", group["lr"], where)
+        wd = finite_number("weight_decay", group["weight_decay"], where)
+        if lr < 0:
+            raise ValueError(f"Invalid lr: {lr!r} ({where}); it must be >= 0")
+        if wd < 0:
+            raise ValueError(f"Invalid weight_decay: {wd!r} ({where}); it must be >= 0")
+        return lr, wd
+
+    def add_param_group(self, param_group: dict) -> None:
+        if getattr(self, "_params", None) is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} fixes its parameters at construction; create a new "
+                "optimizer over all parameters instead of calling add_param_group"
+            )
+        super().add_param_group(param_group)
+        self._check_group(self.param_groups[-1], f"param group {len(self.param_groups) - 1}")
+
+    @property
+    def evaluations_per_step(self) -> int:
+        """Closure calls per step: two per direction."""
+        return 2 * self.num_directions
+
+    @property
+    def step_count(self) -> int:
+        return self._t
+
+    # ------------------------------------------------------------------ directions
+    def _chunks(self):
+        """(param, group index, flat start, length, global chunk index), in the fixed order."""
+        j = 0
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                for start in range(0, p.numel(), self.chunk_size):
+                    yield p, gi, start, min(self.chunk_size, p.numel() - start), j
+                    j += 1
+
+    def _draw(self, direction_seed: int, chunk: int, length: int, out=None) -> torch.Tensor:
+        """One chunk of one direction, regenerated from its seed (into ``out`` if given)."""
+        self._gen.manual_seed(_chunk_seed(direction_seed, chunk))
+        kw = dict(generator=self._gen, device=self.device, dtype=self.acc_dtype, out=out)
+        if self._distribution == "rademacher":
+            return torch.randint(0, 2, (length,), **kw).mul_(2).sub_(1)
+        return torch.randn(length, **kw)
+
+    @staticmethod
+    def _flat(p: torch.Tensor) -> torch.Tensor:
+        return p.view(-1)
+
+    def _evaluate(self, closure) -> torch.Tensor:
+        return as_loss(closure(), self.device).to(self.device, torch.float64)
+
+    def _finish(self, f_plus: list, f_minus: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projections (f+ - f-)/(2 eps) per direction and the returned loss; one sync."""
+        fp, fm = torch.stack(f_plus), torch.stack(f_minus)
+        if not bool(torch.isfinite(fp).all() & torch.isfinite(fm).all()):
+            raise FloatingPointError(
+                f"{type(self).__name__}: the closure returned a non-finite loss "
+                f"(f(x+eps d) = {fp.tolist()}, f(x-eps d) = {fm.tolist()}); parameters "
+                "restored, step not taken"
+            )
+        proj = ((fp - fm) / (2.0 * self.eps)).to(self.acc_dtype)
+        loss = ((fp + fm) * 0.5).mean().to(self.acc_dtype)
+        return proj, loss
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        out["state"] = {
+            "step": self._t,
+            "evaluations": self.evaluations,
+            "seed": self.seed,
+            "seed_generator": self._seeds.get_state(),
+            "num_directions": self.num_directions,
+            "eps": self.eps,
+            "chunk_size": self.chunk_size,
+        }
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume from ``state_dict()``: the continued run repeats the unbroken one."""
+        state = state_dict.get("state", {})
+        missing = [k for k in ("step", "seed_generator", "num_directions") if k not in state]
+        if missing:
+            raise ValueError(f"not a {type(self).__name__} state_dict: 'state' lacks {missing}")
+        for key in ("num_directions", "chunk_size"):
+            if state.get(key, getattr(self, key)) != getattr(self, key):
+                raise ValueError(
+                    f"state_dict has {key}={state[key]!r} but this optimizer has "
+                    f"{key}={getattr(self, key)!r}; construct it with the saved options"
+                )
+        super().load_state_dict({**state_dict, "state": {}})
+        for i, group in enumerate(self.param_groups):
+            self._check_group(group, f"param group {i} of the loaded state_dict")
+        self.eps = float(state.get("eps", self.eps))
+        self.seed = int(state.get("seed", self.seed))
+        self._seeds.set_state(state["seed_generator"])
+        self._t = int(state["step"])
+        self.evaluations = int(state.get("evaluations", 0))
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure=None) -> torch.Tensor:
+        """One step: 2q evaluations, the averaged estimate, the decoupled update."""
+        if closure is None:
+            raise TypeError(
+                f"{type(self).__name__}.step needs a closure that returns the loss, e.g. "
+                "opt.step(lambda: loss_fn(model(x), y))"
+            )
+        hyper = [self._check_group(g, f"param group {i}") for i, g in enumerate(self.param_groups)]
+        saved = self._seeds.get_state()
+        seeds = torch.randint(
+            0, _MASK63, (self.num_directions,), generator=self._seeds, dtype=torch.int64
+        ).tolist()
+        try:
+            loss = self._step(closure, seeds, hyper)
+        except BaseException:
+            self._seeds.set_state(saved)
+            raise
+        self._t += 1
+        self.evaluations += self.evaluations_per_step
+        return loss
+
+    def _step(self, closure, seeds: list[int], hyper: list[tuple[float, float]]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _StoredDirection(_RandomDirectionZO):
+    """The textbook form: the saved point, the direction and the estimate are stored.
+
+    Three parameter-sized buffers, allocated once at construction: the saved parameters
+    ``x0`` (parameter dtype), the current direction ``d`` and the running estimate ``g``
+    (float32, or float64). Each direction is drawn once per step, into ``d``; the
+    parameters are restored from ``x0`` after the evaluations, exactly.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        eps: float = 1e-3,
+        num_directions: int = 1,
+        weight_decay: float = 0.0,
+        seed: int | None = None,
+        *,
+        chunk_size: int = 1 << 16,
+    ):
+        super().__init__(params, lr, eps, num_directions, weight_decay, seed, chunk_size=chunk_size)
+        acc = self.acc_dtype
+        self._x0 = [torch.empty(p.numel(), dtype=p.dtype, device=p.device) for p in self._params]
+        self._d = [torch.empty(p.numel(), dtype=acc, device=p.device) for p in self._params]
+        self._g = [torch.zeros(p.numel(), dtype=acc, device=p.device) for p in self._params]
+        index = {id(p): i for i, p in enumerate(self._params)}
+        self._index = index
+        # each chunk of the direction buffer, in the generation order
+        self._slots = [
+            (self._d[index[id(p)]][start : start + length], j, length)
+            for p, _, start, length, j in self._chunks()
+        ]
+
+    def _write_all(self, flats: list[torch.Tensor]) -> None:
+        """Copy flat values into the parameters (rounded once to their dtype)."""
+        views = [f.view(p.shape) for f, p in zip(flats, self._params, strict=True)]
+        torch._foreach_copy_(self._params, views)
+
+    def _step(self, closure, seeds, hyper):
+        params, x0s, ds, gs = self._params, self._x0, self._d, self._g
+        acc, c = self.acc_dtype, self.eps
+        torch._foreach_copy_(x0s, [p.reshape(-1) for p in params])
+        torch._foreach_zero_(gs)
+        base = [x0 if x0.dtype == acc else x0.to(acc) for x0 in x0s]
+        f_plus, f_minus = [], []
+        try:
+            for s in seeds:
+                for out, j, length in self._slots:
+                    self._draw(s, j, length, out=out)
+                cd = torch._foreach_mul(ds, c)
+                self._write_all(torch._foreach_add(base, cd))  # round(x0 + eps d)
+                f_plus.append(self._evaluate(closure))
+                self._write_all(torch._foreach_sub(base, cd))  # round(x0 - eps d)
+                f_minus.append(self._evaluate(closure))
+                # d is overwritten by the next direction: add its share now (on the device)
+                proj = ((f_plus[-1] - f_minus[-1]) / (2.0 * c)).to(acc)
+                torch._foreach_add_(gs, torch._foreach_mul(ds, proj))
+        finally:
+            self._write_all(x0s)
+        _, loss = self._finish(f_plus, f_minus)
+        q = len(seeds)
+        new = []
+        for group, (lr, wd) in zip(self.param_groups, hyper, strict=True):
+            for p in group["params"]:
+                i = self._index[id(p)]
+                new.append(base[i] * (1.0 - lr * wd) - (lr / q) * gs[i])
+        self._write_all(new)
+        return loss
+
+
+class SPSA(_StoredDirection):
+    """Simultaneous perturbation stochastic approximation with Rademacher directions.
+
+    ``g = (1/q) sum_k (f(x + eps d_k) - f(x - eps d_k)) / (2 eps) * d_k``, each entry of
+    ``d_k`` +1 or -1 with equal probability; ``2q`` evaluations per step (q =
+    ``num_directions``). Arguments ``lr, eps, num_directions, weight_decay, seed`` (and
+    ``chunk_size``, see the module docstring); update ``x <- x (1 - lr wd) - lr g``.
+    Keeps three parameter-sized buffers (saved point, direction, estimate), allocated once.
+    """
+
+    _distribution = "rademacher"
+
+
+class ZOSGD(_StoredDirection):
+    """ZO-SGD (random gradient estimation) with Gaussian directions ``d ~ N(0, I)``.
+
+    As ``SPSA`` with Gaussian directions: ``2q`` evaluations per step, the estimate
+    averaged over the q = ``num_directions`` directions, ``x <- x (1 - lr wd) - lr g``.
+    Keeps three parameter-sized buffers (saved point, direction, estimate), allocated once.
+    ``MeZO`` with the same seed takes the same steps without storing the direction.
+    """
+
+    _distribution = "gaussian"
+
+
+class MeZO(_RandomDirectionZO):
+    """Memory-efficient ZO-SGD: Gaussian directions regenerated from their seeds, in place.
+
+    Same estimator and update as ``ZOSGD`` (and with the same ``seed``, the same steps), but
+    no direction and no estimate is ever stored: each direction is regenerated from its
+    seed, one chunk of at most ``chunk_size`` entries of one tensor at a time, each time it
+    is needed (perturb +, perturb -, update). The only tensors a step allocates are such
+    chunks and 0-dim losses: nothing parameter-sized, whatever the model.
+
+    Restoring the parameters after the two evaluations of a direction:
+
+    - ``exact_restore=True`` (default): bit for bit. Rounding makes in-place perturbation
+      lossy: in float32, ``(x + eps z) - eps z`` differs from ``x`` in about 5-25% of the
+      entries for typical weights, and the chain ``x + eps z - 2 eps z + eps z`` of the
+      original MeZO in about half of them; the lost low bits cannot be regenerated from the
+      seed (the map ``x -> round(x + eps z)`` is not one-to-one). So MeZO keeps one saved
+      copy of the parameters (parameter dtype), allocated once at construction and refilled
+      in place each step: the perturbed values are written as ``round(x0 + eps z)`` and
+      ``round(x0 - eps z)`` and the parameters are restored with a copy from it. This is
+      the one parameter-sized buffer (the textbook ZO-SGD keeps three); no parameter-sized
+      tensor is allocated per step.
+    - ``exact_restore=False``: the original MeZO, no parameter-sized memory at all. The
+      parameters are moved in place to ``x + eps z``, then ``- 2 eps z``, then ``+ eps z``
+      (each rounded once to the parameter dtype), so they return to ``x`` only to within a
+      few units in the last place per step.
+
+    The update is formed chunk by chunk in float32 (float64) and rounded once:
+    ``x <- x (1 - lr wd) - (lr/q) sum_k proj_k z_k``. A parameter that is not contiguous
+    (e.g. channels-last) is processed through a temporary contiguous copy of that tensor.
+    """
+
+    _distribution = "gaussian"
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        eps: float = 1e-3,
+        num_directions: int = 1,
+        weight_decay: float = 0.0,
+        seed: int | None = None,
+        *,
+        exact_restore: bool = True,
+        chunk_size: int = 1 << 16,
+    ):
+        super().__init__(params, lr, eps, num_directions, weight_decay, seed, chunk_size=chunk_size)
+        if not isinstance(exact_restore, bool):
+            raise TypeError(f"exact_restore must be a bool, got {exact_restore!r}")
+        self.exact_restore = exact_restore
+        self._backup = (
+            [torch.empty(p.numel(), dtype=p.dtype, device=p.device) for p in self._params]
+            if exact_restore
+            else None
+        )
+        self._index = {id(p): i for i, p in enumerate(self._params)}
+
+    def _tensors(self):
+        """Per parameter: (param, group index, a flat view or contiguous copy, write-back)."""
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if p.is_contiguous():
+                    yield p, gi, p.view(-1), False
+                else:
+                    yield p, gi, p.reshape(-1).clone(), True
+
+    def _apply(self, fn) -> None:
+        """Call fn(param chunk, saved chunk or None, group index, length, chunk index)."""
+        j = 0
+        for p, gi, flat, write_back in self._tensors():
+            b = self._backup[self._index[id(p)]] if self._backup is not None else None
+            for start in range(0, flat.numel(), self.chunk_size):
+                length = min(self.chunk_size, flat.numel() - start)
+                sl = slice(start, start + length)
+                fn(flat[sl], None if b is None else b[sl], gi, length, j)
+                j += 1
+            if write_back:
+                p.copy_(flat.view(p.shape))
+
+    def _perturb(self, s: int, scale: float) -> None:
+        """Exact mode: x = round(x0 + scale z). In place mode: x = round(x + scale z)."""
+        acc = self.acc_dtype
+
+        def fn(x, b, gi, length, j):
+            z = self._draw(s, j, length)
+            x.copy_((x if b is None else b).to(acc) + scale * z)
+
+        self._apply(fn)
+
+    def _restore(self) -> None:
+        for p, b in zip(self._params, self._backup, strict=True):
+            p.copy_(b.view(p.shape))
+
+    def _step(self, closure, seeds, hyper):
+        c, acc = self.eps, self.acc_dtype
+        exact = self.exact_restore
+        if exact:
+            for p, b in zip(self._params, self._backup, strict=True):
+                b.copy_(p.reshape(-1))
+        f_plus, f_minus = [], []
+        shift = 0.0  # in-place mode: the multiple of eps*z currently applied
+        try:
+            for s in seeds:
+                # exact mode writes round(x0 +- eps z) from the saved copy: no restore needed
+                # between directions, one after the last
+                self._perturb(s, c)
+                shift = c
+                f_plus.append(self._evaluate(closure))
+                self._perturb(s, -c if exact else -2.0 * c)
+                shift = -c
+                f_minus.append(self._evaluate(closure))
+                if not exact:
+                    self._perturb(s, c)
+                shift = 0.0
+        finally:
+            if exact:
+                self._restore()
+            elif shift != 0.0:  # the closure raised mid-direction: undo as well as we can
+                self._perturb(seeds[len(f_minus)], -shift)
+        proj, loss = self._finish(f_plus, f_minus)
+        q = len(seeds)
+
+        def update(x, b, gi, length, j):
+            lr, wd = hyper[gi]
+            est = torch.zeros(length, dtype=acc, device=self.device)
+            for k, s in enumerate(seeds):
+                est.add_(self._draw(s, j, length).mul_(proj[k]))
+            x.copy_(x.to(acc) * (1.0 - lr * wd) - (lr / q) * est)
+
+        self._apply(update)
+        return loss

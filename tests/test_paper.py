@@ -1,0 +1,164 @@
+"""The paper benchmark command on a tiny budget, and its models (benchmarks/paper.py)."""
+
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import models, paper
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(tmp_path, *extra, optimizers="cocd,bccd,spsa,zosgd,mezo,sgd"):
+    argv = ["--task", "digits", "--optimizers", optimizers, "--epochs", "2",
+            "--max-steps-per-epoch", "3", "--train-limit", "300", "--test-limit", "120",
+            "--budget", "16", "--out", str(tmp_path), "--no-progress", *extra]  # fmt: skip
+    return paper.main(argv)
+
+
+def test_digits_command_writes_json_table_and_plots(tmp_path, capsys):
+    result = run(tmp_path)
+    path = tmp_path / "digits-cpu.json"
+    saved = json.loads(path.read_text())
+    assert {"task", "device", "torch", "commit", "settings", "runs"} <= set(saved)
+    assert saved["task"] == "digits" and saved["device"] == "cpu"
+    assert saved["torch"] == torch.__version__
+    s = saved["settings"]
+    assert (s["budget"], s["epochs"], s["steps_per_epoch"], s["train_rows"]) == (16, 2, 3, 300)
+    assert s["parameters"] == 2410
+    assert [r["optimizer"] for r in saved["runs"]] == [
+        "cocd",
+        "bccd",
+        "spsa",
+        "zosgd",
+        "mezo",
+        "sgd",
+    ]
+
+    initial = saved["runs"][0]["per_epoch"][0]
+    for r in saved["runs"]:
+        assert {"optimizer", "metric", "final", "per_epoch", "seconds_per_epoch",
+                "evaluations"} <= set(r)  # fmt: skip
+        assert r["metric"] == "test_accuracy" and r["status"] == "ok"
+        assert r["steps"] == 6
+        per_step = 1 if r["optimizer"] == "sgd" else 2 * 16
+        assert r["evaluations_per_step"] == per_step
+        assert r["evaluations"] == r["steps"] * per_step
+        assert [e["epoch"] for e in r["per_epoch"]] == [0, 1, 2]
+        assert [e["evaluations"] for e in r["per_epoch"]] == [0, 3 * per_step, 6 * per_step]
+        # every optimizer starts from the same weights
+        assert r["per_epoch"][0]["test_accuracy"] == initial["test_accuracy"]
+        assert r["final"] == r["per_epoch"][-1]["test_accuracy"]
+        assert 0.0 <= r["final"] <= 1.0
+        assert r["seconds_per_epoch"] > 0
+        for e in r["per_epoch"][1:]:
+            assert e["train_loss"] > 0 and e["test_loss"] > 0
+
+    # ZO-SGD and MeZO draw the same directions: the same run
+    zo, mezo = saved["runs"][3], saved["runs"][4]
+    assert zo["per_epoch"][1:] != [] and [e["test_loss"] for e in zo["per_epoch"]] == [
+        e["test_loss"] for e in mezo["per_epoch"]
+    ]
+
+    table = (tmp_path / "digits-cpu.md").read_text()
+    for name in ("cocd", "bccd", "spsa", "zosgd", "mezo", "sgd"):
+        assert f"| {name} |" in table
+    for png in result["paths"]["plots"]:
+        assert os.path.getsize(png) > 1000
+        with open(png, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == [
+        "digits-cpu-epochs.png",
+        "digits-cpu-evaluations.png",
+        "digits-cpu.json",
+        "digits-cpu.md",
+    ]
+    out = capsys.readouterr().out
+    assert "| optimizer |" in out and "digits-cpu-epochs.png" in out
+
+
+def test_runs_are_reproducible(tmp_path):
+    a = run(tmp_path / "a", optimizers="cocd,spsa")
+    b = run(tmp_path / "b", optimizers="cocd,spsa")
+    for ra, rb in zip(a["runs"], b["runs"], strict=True):
+        assert [e["test_loss"] for e in ra["per_epoch"]] == [
+            e["test_loss"] for e in rb["per_epoch"]
+        ]
+        assert [e["train_loss"] for e in ra["per_epoch"]] == [
+            e["train_loss"] for e in rb["per_epoch"]
+        ]
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    result = run(tmp_path, "--lr", "1e30", optimizers="spsa,sgd")
+    for r in result["runs"]:
+        assert r["status"].startswith("diverged"), r["status"]
+        assert r["final"] is None
+    saved = json.loads((tmp_path / "digits-cpu.json").read_text())  # still valid JSON
+    assert saved["runs"][0]["final"] is None
+
+
+def test_paper_settings_are_the_defaults():
+    def settings(*argv):
+        return paper.resolve_settings(paper.parse_args(list(argv)))
+
+    s = settings("--task", "sarcos")
+    assert (s["lr"], s["momentum"], s["eps"], s["budget"], s["batch"]) == (1e-3, 1.0, 1.0, 64, 64)
+    s = settings("--task", "mnist")
+    assert (s["lr"], s["momentum"], s["eps"], s["budget"], s["batch"]) == (
+        1e-2,
+        0.99,
+        0.1,
+        256,
+        128,
+    )
+    s = settings("--task", "cifar10")
+    assert (s["lr"], s["momentum"], s["eps"], s["budget"], s["batch"]) == (
+        1e-2,
+        0.99,
+        0.1,
+        1024,
+        128,
+    )
+    assert s["model"] == "cifar10_cnn" and s["epochs"] == 50 and s["bccd_eps"] == s["eps"]
+    s = settings("--task", "cifar10", "--model", "resnet20")
+    assert (s["budget"], s["eps"], s["momentum"], s["epochs"]) == (2048, 1.0, 0.95, 10)
+    s = settings("--task", "mnist", "--lr", "0.5", "--budget", "8")
+    assert (s["lr"], s["zo_lr"], s["budget"]) == (0.5, 0.5, 8)  # lr aligned across methods
+    s = settings()
+    assert s["task"] == "digits" and s["bccd_eps"] == s["eps"]
+    with pytest.raises(SystemExit):
+        paper.parse_args(["--optimizers", "cocd,adam"])
+
+
+def test_missing_data_exits_with_the_reason(tmp_path):
+    with pytest.raises(SystemExit, match="missing"):
+        paper.main(["--task", "mnist", "--data", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_models_match_the_paper():
+    sarcos = models.sarcos_mlp()
+    linears = [m for m in sarcos if isinstance(m, nn.Linear)]
+    assert isinstance(sarcos, nn.Sequential) and len(linears) == 5
+    assert [m.in_features for m in linears] + [linears[-1].out_features] == [21, 64, 64, 64, 64, 7]
+    assert models.count_parameters(models.digits_mlp()) == 2410
+    mnist = models.mnist_cnn()
+    n = models.count_parameters(mnist)
+    assert 19_000 <= n <= 21_000 and 0.012 <= 256 / n <= 0.014  # "B = 256 is about 1.3%"
+    allowed = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear)
+    for model in (mnist, models.cifar10_cnn(), models.digits_mlp(), sarcos):
+        assert isinstance(model, nn.Sequential) and all(isinstance(m, allowed) for m in model)
+    assert mnist(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert models.cifar10_cnn()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    resnet = models.resnet20()
+    assert 265_000 <= models.count_parameters(resnet) <= 275_000  # "about 270k"
+    assert sum(isinstance(m, models.BasicBlock) for m in resnet.modules()) == 9
+    assert resnet(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
