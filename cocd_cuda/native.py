@@ -153,7 +153,7 @@ class NativeEngine(ReferenceEngine):
         """Call the closure at each point; advance_ perturbs, records and restores."""
         ops, slots, losses, central = torch.ops.cocd_cuda, self._slots, self._losses, self.central
         advance, n_eval, dev, is_cuda = (
-            ops.advance_,
+            ops.advance_.default,  # the resolved overload: ~0.1 us less per evaluation
             self._n_eval,
             self.layout.device,
             self._is_cuda,

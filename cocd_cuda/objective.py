@@ -318,53 +318,150 @@ class ModelObjective:
         return self._fwd_bytes
 
     def _layered(self, owner, elems, delta, acts) -> torch.Tensor:
-        """Losses for K points in layer owner[0]: exact rank-one change, then the rest."""
+        """Losses for K points in layer owner[0]: exact rank-one change, then the rest.
+
+        The change stays in one output channel (or feature) of the perturbed layer and
+        of every channel-wise layer after it, so only that slice is carried, as
+        ``new`` [K, N, width, ...] at feature offset ``start`` [K] of dim 1. The next
+        mixing layer (Linear, Conv2d) gets its exact contribution from the slice alone;
+        only the layers after it run on the full stacked activations.
+        """
         i, pname = owner
-        layer = self._layers[i]
+        layer, layers = self._layers[i], self._layers
         inp = self.inputs if i == 0 else acts[i - 1]
         out = acts[i]
-        K = elems.numel()
-        outs = out.unsqueeze(0).repeat(K, *([1] * out.dim()))  # [K, N, C, ...]
-        ar = torch.arange(K, device=out.device)
+        K, N = elems.numel(), out.shape[0]
         d = delta.to(out.dtype)
         if isinstance(layer, nn.Linear):
-            fan_in = layer.in_features
-            rows = outs.view(K, -1, layer.out_features)
-            if pname == "weight":
-                r, c = elems // fan_in, elems % fan_in
-                x = inp.reshape(-1, fan_in)
-                rows[ar, :, r] += d[:, None] * x[:, c].T
-            else:
-                rows[ar, :, elems] += d[:, None]
+            if out.dim() != 2:
+                return self._rank_one_full(layer, pname, inp, out, elems, d, i)
+            start = elems // layer.in_features if pname == "weight" else elems
+            change = (
+                d[:, None] * inp[:, elems % layer.in_features].T
+                if pname == "weight"
+                else d[:, None]
+            )
         elif isinstance(layer, nn.Conv2d):
-            expand = (slice(None), None, None, None)
-            if pname == "weight":
-                o, rest = elems // layer.weight[0].numel(), elems % layer.weight[0].numel()
-                kh, kw = layer.kernel_size
-                ci, rest = rest // (kh * kw), rest % (kh * kw)
-                a, b = rest // kw, rest % kw
-                padded = F.pad(inp, layer._reversed_padding_repeated_twice)
-                (sh, sw), (dh, dw) = layer.stride, layer.dilation
-                ho, wo = out.shape[-2:]
-                rows = a[:, None] * dh + sh * torch.arange(ho, device=out.device)
-                cols = b[:, None] * dw + sw * torch.arange(wo, device=out.device)
-                patch = padded[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]]
-                outs[ar, :, o] += d[expand] * patch.transpose(0, 1)
-            else:
-                outs[ar, :, elems] += d[expand]
+            start = elems // layer.weight[0].numel() if pname == "weight" else elems
+            change = (
+                _conv_patch(layer, inp, out, elems) * d[:, None, None, None]
+                if pname == "weight"
+                else d[:, None, None, None]
+            )
         else:  # eval-mode batch norm: y = xhat * weight + bias
+            start = elems
             expand = (slice(None), None) + (None,) * (out.dim() - 2)
+            change = d[expand]
             if pname == "weight":
                 xhat = F.batch_norm(
                     inp, layer.running_mean, layer.running_var, training=False, eps=layer.eps
                 )
-                outs[ar, :, elems] += d[expand] * xhat[:, elems].transpose(0, 1)
+                change = change * xhat[:, elems].transpose(0, 1)
+        new = (out[:, start].transpose(0, 1) + change).unsqueeze(2)  # [K, N, 1, ...]
+        width = 1
+        for j in range(i + 1, len(layers)):
+            lay, below = layers[j], acts[j - 1]
+            if (
+                isinstance(lay, nn.Flatten)
+                and below.dim() > 2
+                and lay.start_dim == 1
+                and (lay.end_dim in (-1, below.dim() - 1))
+            ):
+                inner = below[0, 0].numel()
+                new, start, width = new.reshape(K, N, width * inner), start * inner, width * inner
+            elif _channelwise(lay, below):
+                new = _apply_channelwise(lay, new, start, width)
+            elif isinstance(lay, nn.Linear) and below.dim() == 2:
+                idx = start[:, None] + torch.arange(width, device=start.device)
+                step = (new - _gather(below, idx)).reshape(K, N, width)
+                full = acts[j].unsqueeze(0) + torch.bmm(step, lay.weight[:, idx].permute(1, 2, 0))
+                return self._run_rest(full, j + 1)
+            elif isinstance(lay, nn.Conv2d) and width == 1:
+                step = (new - _gather(below, start[:, None])).squeeze(2).transpose(0, 1)
+                o, kh, kw = lay.out_channels, *lay.kernel_size
+                w = lay.weight[:, start].transpose(0, 1).reshape(K * o, 1, kh, kw)
+                extra = F.conv2d(step, w, None, lay.stride, lay.padding, lay.dilation, groups=K)
+                extra = extra.view(N, K, o, *extra.shape[-2:]).transpose(0, 1)
+                return self._run_rest(acts[j].unsqueeze(0) + extra, j + 1)
             else:
-                outs[ar, :, elems] += d[expand]
-        a = outs.reshape(K * out.shape[0], *out.shape[1:])
-        for later in self._layers[i + 1 :]:
+                return self._run_rest(_scatter(below, new, start, width), j)
+        return self._run_rest(_scatter(acts[-1], new, start, width), len(layers))
+
+    def _run_rest(self, full: torch.Tensor, first: int) -> torch.Tensor:
+        """Run layers first.. on the stacked [K, N, ...] activations; loss per point."""
+        K, N = full.shape[:2]
+        a = full.reshape(K * N, *full.shape[2:])
+        for later in self._layers[first:]:
             a = later(a)
-        return self._per_point_loss(a.reshape(K, out.shape[0], *a.shape[1:]))
+        return self._per_point_loss(a.reshape(K, N, *a.shape[1:]))
+
+    def _rank_one_full(self, layer, pname, inp, out, elems, d, i) -> torch.Tensor:
+        """Linear layer on inputs with extra leading dims: materialise its K outputs."""
+        K, fan_in = elems.numel(), layer.in_features
+        outs = out.unsqueeze(0).repeat(K, *([1] * out.dim()))
+        rows = outs.view(K, -1, layer.out_features)
+        ar = torch.arange(K, device=out.device)
+        if pname == "weight":
+            x = inp.reshape(-1, fan_in)
+            rows[ar, :, elems // fan_in] += d[:, None] * x[:, elems % fan_in].T
+        else:
+            rows[ar, :, elems] += d[:, None]
+        return self._run_rest(outs, i + 1)
+
+
+# Layers that act on each channel (dim 1) on its own, so a change confined to some
+# channels stays confined to them.
+_POOLS = tuple(t for t in _PASSTHROUGH if t.__name__.endswith(("Pool1d", "Pool2d")))
+_ELEMENTWISE = (*(t for t in _PASSTHROUGH if t not in _POOLS and t is not nn.Flatten), nn.Dropout)
+
+
+def _channelwise(layer: nn.Module, below: torch.Tensor) -> bool:
+    if isinstance(layer, (*_ELEMENTWISE, *_NORMS)):
+        return True
+    return isinstance(layer, _POOLS) and below.dim() >= 3
+
+
+def _apply_channelwise(layer, new: torch.Tensor, start: torch.Tensor, width: int):
+    """``layer`` on the changed slice new [K, N, width, *spatial] at channels start.."""
+    if isinstance(layer, _ELEMENTWISE):
+        return layer(new)
+    K, N = new.shape[:2]
+    if isinstance(layer, _POOLS):
+        pooled = layer(new.reshape(K * N, width, *new.shape[3:]))
+        return pooled.reshape(K, N, width, *pooled.shape[2:])
+    idx = start[:, None] + torch.arange(width, device=start.device)  # eval-mode batch norm
+    shape = (K, 1, width) + (1,) * (new.dim() - 3)
+    scale = torch.rsqrt(layer.running_var[idx] + layer.eps) * layer.weight[idx]
+    shift = layer.bias[idx] - layer.running_mean[idx] * scale
+    return new * scale.view(shape) + shift.view(shape)
+
+
+def _gather(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """a[:, idx[k]] for each k, as [K, N, width, ...]."""
+    return a[:, idx].transpose(0, 1)
+
+
+def _scatter(a: torch.Tensor, new: torch.Tensor, start: torch.Tensor, width: int):
+    """K copies of a [N, C, ...] with channels start[k].. replaced by new[k]."""
+    K = new.shape[0]
+    full = a.unsqueeze(0).repeat(K, *([1] * a.dim()))
+    idx = start[:, None] + torch.arange(width, device=start.device)
+    full[torch.arange(K, device=a.device)[:, None], :, idx] = new.transpose(1, 2)
+    return full
+
+
+def _conv_patch(layer: nn.Conv2d, inp, out, elems) -> torch.Tensor:
+    """For weight element elems[k] = (o, c, a, b): the input that multiplies it, [K, N, Ho, Wo]."""
+    rest = elems % layer.weight[0].numel()
+    kh, kw = layer.kernel_size
+    ci, rest = rest // (kh * kw), rest % (kh * kw)
+    a, b = rest // kw, rest % kw
+    padded = F.pad(inp, layer._reversed_padding_repeated_twice)
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    ho, wo = out.shape[-2:]
+    rows = a[:, None] * dh + sh * torch.arange(ho, device=out.device)
+    cols = b[:, None] * dw + sw * torch.arange(wo, device=out.device)
+    return padded[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]].transpose(0, 1)
 
 
 def _unravel(offset: int, shape) -> tuple[int, ...]:
