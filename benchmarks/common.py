@@ -30,15 +30,21 @@ def timer(device: str) -> Callable[[Callable[[], object], int], float]:
     return run
 
 
-def compare(cands: dict[str, Callable], device: str, reps: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each candidate, interleaved round by round."""
+def compare(
+    cands: dict[str, Callable], device: str, reps: int | dict[str, int], rounds: int
+) -> dict[str, float]:
+    """Median seconds per call of each candidate, interleaved round by round.
+
+    ``reps`` is calls per timing, for all candidates or per candidate name.
+    """
     run = timer(device)
-    for fn in cands.values():  # warm-up
-        run(fn, max(1, reps // 4))
+    count = reps if isinstance(reps, dict) else dict.fromkeys(cands, reps)
+    for name, fn in cands.items():  # warm-up
+        run(fn, max(1, count[name] // 4))
     samples: dict[str, list[float]] = {k: [] for k in cands}
     for _ in range(rounds):
         for name, fn in cands.items():
-            samples[name].append(run(fn, reps))
+            samples[name].append(run(fn, count[name]))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
