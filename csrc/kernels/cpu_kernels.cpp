@@ -5,6 +5,7 @@
 
 #include "cocd_kernels.h"
 #include "dtype.h"
+#include "slot_ops.h"
 
 namespace cocd {
 namespace cpu {
@@ -12,9 +13,6 @@ namespace {
 
 // Below this many elements a parallel region costs more than it saves.
 constexpr int64_t kParallelGrain = 1 << 15;
-
-const void* param_base(const ParamRef& r) { return reinterpret_cast<const void*>(r.ptr); }
-void* param_base_mut(const ParamRef& r) { return reinterpret_cast<void*>(r.ptr); }
 
 // x <- x*decay - lr*v over [lo, hi), with v <- momentum*v first when kDecay and the
 // weight-decay product only when kWd: each product rounded on its own, as the
@@ -97,40 +95,12 @@ void dense_dispatch_wd(void* x, acc_t* v, int64_t len, int64_t first, const acc_
 
 void plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c, int64_t n,
           const GroupParams& groups, bool central) {
-  for (int64_t j = 0; j < B; ++j) {
-    const int64_t i = (c + j) % n;
-    const int64_t p = find_param(table, P, i);
-    const ParamRef& r = table[p];
-    const DType dt = param_dtype(r);
-    const double eps = groups.eps[param_group(r)];
-    Slot& s = slots[j];
-    s.param = p;
-    s.offset = i - r.start;
-    s.saved = read_bits(param_base(r), dt, s.offset);
-    s.plus = perturbed_bits(s.saved, dt, eps);
-    s.minus = central ? perturbed_bits(s.saved, dt, -eps) : s.saved;
-    s.h = bits_value(s.plus, dt) - bits_value(s.minus, dt);
-  }
+  for (int64_t j = 0; j < B; ++j) plan_slot(slots, j, table, P, c, n, groups, central);
 }
 
 void advance(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
              const void* loss, DType loss_dtype, int64_t from, int64_t to, bool central) {
-  if (loss != nullptr && from >= 0 && from < n_eval) {
-    losses[from] = load_as<double>(loss, loss_dtype, 0);
-  }
-  const int64_t s_from = eval_slot(from, n_eval, central);
-  const int64_t s_to = eval_slot(to, n_eval, central);
-  if (s_from >= 0 && s_from != s_to) {
-    const Slot& s = slots[s_from];
-    const ParamRef& r = table[s.param];
-    write_bits(param_base_mut(r), param_dtype(r), s.offset, s.saved);
-  }
-  if (s_to >= 0) {
-    const Slot& s = slots[s_to];
-    const ParamRef& r = table[s.param];
-    const bool minus = central && (to % 2 == 1);
-    write_bits(param_base_mut(r), param_dtype(r), s.offset, minus ? s.minus : s.plus);
-  }
+  advance_eval(losses, n_eval, slots, table, loss, loss_dtype, from, to, central);
 }
 
 template <typename acc_t>
@@ -177,31 +147,9 @@ template <typename acc_t, typename coord_t>
 void fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                  const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                  const GroupParams& groups) {
-  // Ring entries hold distinct coordinates (the last m refreshed, m < n), so the
-  // scatter into x has no write conflicts and may run in parallel.
 #pragma omp parallel for schedule(static) if (m > kParallelGrain)
   for (int64_t s = 0; s < m; ++s) {
-    const int64_t j = (s - head + m) % m;  // position in push order; < B: fresh
-    int64_t i;
-    acc_t v;
-    if (j < B) {
-      i = (c + j) % n;
-      v = g[j];
-      coords[s] = static_cast<coord_t>(i);
-    } else {
-      i = coords[s];
-      v = vals[s];
-    }
-    const ParamRef& r = table[find_param(table, P, i)];
-    const int32_t gi = param_group(r);
-    if (j >= B && groups.momentum[gi] != 1.0) v = v * static_cast<acc_t>(groups.momentum[gi]);
-    vals[s] = v;
-    const double lr = groups.lr[gi], wd = groups.weight_decay[gi];
-    const DType dt = param_dtype(r);
-    void* base = param_base_mut(r);
-    acc_t xi = load_as<acc_t>(base, dt, i - r.start);
-    if (wd != 0.0) xi = xi * static_cast<acc_t>(1.0 - lr * wd);
-    store_as<acc_t>(base, dt, i - r.start, xi - static_cast<acc_t>(lr) * v);
+    fifo_entry(s, coords, vals, m, g, B, table, P, head, c, n, groups);
   }
 }
 

@@ -7,17 +7,13 @@
 
 #include "cocd_kernels_cuda.h"
 #include "dtype.h"
+#include "slot_ops.h"
 
 namespace cocd {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 
 int blocks_for(int64_t work) {
   // Enough blocks to fill any current GPU several times over; grid-stride loops do the rest.
@@ -29,41 +25,14 @@ __global__ void plan_kernel(Slot* slots, int64_t B, const ParamRef* table, int64
                             int64_t n, GroupParams groups, bool central) {
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < B;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = (c + j) % n;
-    const int64_t p = find_param(table, P, i);
-    const ParamRef r = table[p];
-    const DType dt = param_dtype(r);
-    const double eps = groups.eps[param_group(r)];
-    Slot s;
-    s.param = p;
-    s.offset = i - r.start;
-    s.saved = read_bits(reinterpret_cast<const void*>(r.ptr), dt, s.offset);
-    s.plus = perturbed_bits(s.saved, dt, eps);
-    s.minus = central ? perturbed_bits(s.saved, dt, -eps) : s.saved;
-    s.h = __dsub_rn(bits_value(s.plus, dt), bits_value(s.minus, dt));
-    slots[j] = s;
+    plan_slot(slots, j, table, P, c, n, groups, central);
   }
 }
 
 __global__ void advance_kernel(double* losses, int64_t n_eval, const Slot* slots,
                                const ParamRef* table, const void* loss, DType loss_dtype,
                                int64_t from, int64_t to, bool central) {
-  if (loss != nullptr && from >= 0 && from < n_eval) {
-    losses[from] = load_as<double>(loss, loss_dtype, 0);
-  }
-  const int64_t s_from = eval_slot(from, n_eval, central);
-  const int64_t s_to = eval_slot(to, n_eval, central);
-  if (s_from >= 0 && s_from != s_to) {
-    const Slot s = slots[s_from];
-    const ParamRef r = table[s.param];
-    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, s.saved);
-  }
-  if (s_to >= 0) {
-    const Slot s = slots[s_to];
-    const ParamRef r = table[s.param];
-    const bool minus = central && (to % 2 == 1);
-    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, minus ? s.minus : s.plus);
-  }
+  advance_eval(losses, n_eval, slots, table, loss, loss_dtype, from, to, central);
 }
 
 // One block: estimates in a strided loop, then a fixed-order tree sum of the loss
@@ -139,32 +108,9 @@ template <typename acc_t, typename coord_t>
 __global__ void fifo_kernel(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                             const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
                             GroupParams groups) {
-  // Ring entries hold distinct coordinates, so the scatter into x has no conflicts.
   for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; s < m;
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t j = (s - head + m) % m;
-    int64_t i;
-    acc_t v;
-    if (j < B) {
-      i = (c + j) % n;
-      v = g[j];
-      coords[s] = static_cast<coord_t>(i);
-    } else {
-      i = coords[s];
-      v = vals[s];
-    }
-    const ParamRef r = table[find_param(table, P, i)];
-    const int32_t gi = param_group(r);
-    if (j >= B && groups.momentum[gi] != 1.0) {
-      v = mul_rn(v, static_cast<acc_t>(groups.momentum[gi]));
-    }
-    vals[s] = v;
-    const double lr = groups.lr[gi], wd = groups.weight_decay[gi];
-    const DType dt = param_dtype(r);
-    void* base = reinterpret_cast<void*>(r.ptr);
-    acc_t xi = load_as<acc_t>(base, dt, i - r.start);
-    if (wd != 0.0) xi = mul_rn(xi, static_cast<acc_t>(__dsub_rn(1.0, __dmul_rn(lr, wd))));
-    store_as<acc_t>(base, dt, i - r.start, sub_rn(xi, mul_rn(static_cast<acc_t>(lr), v)));
+    fifo_entry(s, coords, vals, m, g, B, table, P, head, c, n, groups);
   }
 }
 

@@ -1,0 +1,115 @@
+// The per-coordinate work of a step, written once for host and device: the CPU
+// kernels call these in loops, the CUDA kernels once per thread.
+#pragma once
+
+#include <cstdint>
+
+#include "cocd_kernels.h"
+#include "dtype.h"
+
+namespace cocd {
+
+// Products and differences rounded on their own, never fused into a multiply-add
+// (nvcc fuses by default; host code is built as ISO C++, which does not).
+COCD_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+COCD_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+COCD_HD float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+COCD_HD double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+// Slot j of the block: coordinate (c + j) mod n, its saved and perturbed bits.
+COCD_HD void plan_slot(Slot* slots, int64_t j, const ParamRef* table, int64_t P, int64_t c,
+                       int64_t n, const GroupParams& groups, bool central) {
+  const int64_t i = (c + j) % n;
+  const int64_t p = find_param(table, P, i);
+  const ParamRef r = table[p];
+  const DType dt = param_dtype(r);
+  const double eps = groups.eps[param_group(r)];
+  Slot s;
+  s.param = p;
+  s.offset = i - r.start;
+  s.saved = read_bits(reinterpret_cast<const void*>(r.ptr), dt, s.offset);
+  s.plus = perturbed_bits(s.saved, dt, eps);
+  s.minus = central ? perturbed_bits(s.saved, dt, -eps) : s.saved;
+  s.h = sub_rn(bits_value(s.plus, dt), bits_value(s.minus, dt));
+  slots[j] = s;
+}
+
+// Finish evaluation `from` (store its loss, restore its coordinate unless `to` perturbs
+// the same one) and start evaluation `to`.
+COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
+                          const void* loss, DType loss_dtype, int64_t from, int64_t to,
+                          bool central) {
+  if (loss != nullptr && from >= 0 && from < n_eval) {
+    losses[from] = load_as<double>(loss, loss_dtype, 0);
+  }
+  const int64_t s_from = eval_slot(from, n_eval, central);
+  const int64_t s_to = eval_slot(to, n_eval, central);
+  if (s_from >= 0 && s_from != s_to) {
+    const Slot s = slots[s_from];
+    const ParamRef r = table[s.param];
+    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, s.saved);
+  }
+  if (s_to >= 0) {
+    const Slot s = slots[s_to];
+    const ParamRef r = table[s.param];
+    const bool minus = central && (to % 2 == 1);
+    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, minus ? s.minus : s.plus);
+  }
+}
+
+// Ring slot s of a FIFO step: decay (or take the fresh estimate), then descend its
+// coordinate. Ring entries hold distinct coordinates, so slots may run in parallel.
+template <typename acc_t, typename coord_t>
+COCD_HD void fifo_entry(int64_t s, coord_t* coords, acc_t* vals, int64_t m, const acc_t* g,
+                        int64_t B, const ParamRef* table, int64_t P, int64_t head, int64_t c,
+                        int64_t n, const GroupParams& groups) {
+  const int64_t j = (s - head + m) % m;  // position in push order; < B: fresh
+  int64_t i;
+  acc_t v;
+  if (j < B) {
+    i = (c + j) % n;
+    v = g[j];
+    coords[s] = static_cast<coord_t>(i);
+  } else {
+    i = coords[s];
+    v = vals[s];
+  }
+  const ParamRef r = table[find_param(table, P, i)];
+  const int32_t gi = param_group(r);
+  if (j >= B && groups.momentum[gi] != 1.0) {
+    v = mul_rn(v, static_cast<acc_t>(groups.momentum[gi]));
+  }
+  vals[s] = v;
+  const double lr = groups.lr[gi], wd = groups.weight_decay[gi];
+  const DType dt = param_dtype(r);
+  void* base = reinterpret_cast<void*>(r.ptr);
+  acc_t xi = load_as<acc_t>(base, dt, i - r.start);
+  if (wd != 0.0) xi = mul_rn(xi, static_cast<acc_t>(sub_rn(1.0, mul_rn(lr, wd))));
+  store_as<acc_t>(base, dt, i - r.start, sub_rn(xi, mul_rn(static_cast<acc_t>(lr), v)));
+}
+
+}  // namespace cocd
