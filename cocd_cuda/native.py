@@ -114,10 +114,18 @@ class NativeEngine(ReferenceEngine):
         table = self._param_table()
         slots, losses, central = self._slots, self._losses, self.central
         ops.plan_(slots, table, self.c, n, [hp.eps for hp in hyper], central)
-        if evaluates_blocks(closure):
-            losses = closure.evaluate_block(self.block(hyper))
-        else:
-            self._evaluate_in_place(closure, table)
+
+        def local():
+            if evaluates_blocks(closure):
+                return self._block_losses(closure, self.block(hyper))
+            evals = range(self._n_eval) if self.share is None else self.share.evals()
+            if self.share is not None:
+                losses.zero_()
+            self._evaluate_in_place(closure, table, list(evals))
+            return losses
+
+        dev = layout.device
+        losses = local() if self.share is None else self.share.gather(local, dev)
         loss = torch.empty((), dtype=layout.acc_dtype, device=layout.device)
         zero = self.nonfinite == "zero"
         ops.finite_difference_(self._g, loss, self._bad, losses, slots, central, zero)
@@ -149,25 +157,24 @@ class NativeEngine(ReferenceEngine):
         self.t += 1
         return loss
 
-    def _evaluate_in_place(self, closure, table) -> None:
-        """Call the closure at each point; advance_ perturbs, records and restores."""
+    def _evaluate_in_place(self, closure, table, evals: list[int]) -> None:
+        """Call the closure at each point in evals; advance_ perturbs, records, restores."""
         ops, slots, losses, central = torch.ops.cocd_cuda, self._slots, self._losses, self.central
-        advance, n_eval, dev, is_cuda = (
-            ops.advance_.default,  # the resolved overload: ~0.1 us less per evaluation
-            self._n_eval,
-            self.layout.device,
-            self._is_cuda,
-        )
+        advance = ops.advance_.default  # the resolved overload: ~0.1 us less per evaluation
+        n_eval, dev, is_cuda = self._n_eval, self.layout.device, self._is_cuda
+        if not evals:
+            return
         current = -1  # the evaluation whose perturbation x holds now
         try:
-            advance(losses, slots, table, None, -1, 0, central)
-            current = 0
-            for k in range(n_eval):
+            advance(losses, slots, table, None, -1, evals[0], central)
+            current = evals[0]
+            for idx, k in enumerate(evals):
                 value = closure()
                 if type(value) is not torch.Tensor or value.is_cuda != is_cuda:
                     value = as_loss(value, dev).to(dev)
-                advance(losses, slots, table, value, k, k + 1, central)
-                current = k + 1
+                nxt = evals[idx + 1] if idx + 1 < len(evals) else n_eval
+                advance(losses, slots, table, value, k, nxt, central)
+                current = nxt
         except BaseException:
             advance(losses, slots, table, None, current, n_eval, central)  # exact restore
             raise

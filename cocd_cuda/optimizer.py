@@ -7,6 +7,7 @@ import operator
 import torch
 
 from . import backends
+from .distributed import Share
 from .layout import ParamLayout, check_params, finite_number
 from .reference import GroupHyper
 
@@ -18,6 +19,8 @@ _OPTIMIZER_OPTIONS = (
     "init_grad",
     "nonfinite",
     "backend",
+    "process_group",
+    "parallel",
 )
 
 
@@ -71,7 +74,10 @@ class CoCD(torch.optim.Optimizer):
     (``"raise"``: a non-finite loss raises FloatingPointError and changes nothing;
     ``"zero"``: such coordinates are refreshed with 0) are optimizer-wide.
     ``backend`` is ``"auto"``, ``"reference"`` or ``"native"``; the attribute
-    ``backend`` says which one runs.
+    ``backend`` says which one runs. With ``process_group`` (torch.distributed), each
+    rank evaluates a share of the block (``parallel="coordinate"``) or all points on
+    its own data shard (``parallel="data"``); parameters start from rank 0's and stay
+    identical on every rank. ``timeout`` bounds, in seconds, the wait for other ranks.
     """
 
     def __init__(
@@ -88,6 +94,9 @@ class CoCD(torch.optim.Optimizer):
         *,
         nonfinite: str = "raise",
         backend: str = "auto",
+        process_group=None,
+        parallel: str = "coordinate",
+        timeout: float = 300.0,
     ):
         defaults = dict(lr=lr, weight_decay=weight_decay, eps=eps, momentum=momentum)
         _check_group(defaults, "defaults")
@@ -125,6 +134,13 @@ class CoCD(torch.optim.Optimizer):
         engine_cls = backends.select(backend, layout)
         self._engine = engine_cls(layout, B, m, central_difference, nonfinite, init)
         self.backend = self._engine.name
+        if process_group is not None:
+            timeout = finite_number("timeout", timeout, "CoCD(...)")
+            if timeout <= 0:
+                raise ValueError(f"Invalid timeout: {timeout!r}; give seconds > 0")
+            share = Share(process_group, parallel, B, central_difference, timeout)
+            share.broadcast(layout.params)
+            self._engine.share = share
 
     @staticmethod
     def _check_init_grad(init_grad, m: int, layout: ParamLayout) -> torch.Tensor:

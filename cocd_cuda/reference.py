@@ -66,6 +66,7 @@ class ReferenceEngine:
         self.head = 0
         self.c = 0
         self.t = 0
+        self.share = None  # a distributed.Share when CoCD runs over a process group
         # Cached per-coordinate bookkeeping for the block, one allocation per engine.
         self._block_offsets = torch.arange(self.B, device=dev)
         self._group_ends = torch.tensor([e for _, e in layout.group_bounds], device=dev)
@@ -96,11 +97,18 @@ class ReferenceEngine:
     # ------------------------------------------------------------------- step
     def step(self, closure, hyper: list[GroupHyper]) -> torch.Tensor:
         """One CoCD step. Nothing is changed unless every evaluation succeeds."""
-        if evaluates_blocks(closure):
-            block = self.block(hyper)
-            losses, h = closure.evaluate_block(block), block.plus - block.minus
-        else:
+        if self.share is None and not evaluates_blocks(closure):
             losses, h = self._evaluate(closure, hyper)
+        else:
+            block = self.block(hyper)
+            h = block.plus - block.minus
+
+            def local():
+                if evaluates_blocks(closure):
+                    return self._block_losses(closure, block)
+                return self._evaluate(closure, hyper)[0]
+
+            losses = local() if self.share is None else self.share.gather(local, h.device)
         g, loss = self._estimates(losses, h)
         self._commit(g, hyper)
         return loss
@@ -119,20 +127,46 @@ class ReferenceEngine:
         base, plus, minus = (torch.cat(part) for part in parts)
         return Block(layout.params, runs, base, plus, minus, self.central)
 
+    def _block_losses(self, closure, block: Block) -> torch.Tensor:
+        """A block evaluator's losses; with a share, only this rank's (zeros elsewhere)."""
+        if self.share is None:
+            return closure.evaluate_block(block)
+        j0, j1, n = self.share.j0, self.share.j1, self.layout.n
+        losses = torch.zeros(self.share.n_eval, dtype=torch.float64, device=block.base.device)
+        if j1 > j0:
+            runs = self.layout.runs((self.c + j0) % n, j1 - j0)
+            part = Block(block.params, runs, block.base[j0:j1], block.plus[j0:j1],
+                         block.minus[j0:j1], self.central)  # fmt: skip
+            f = closure.evaluate_block(part)
+            if self.central:
+                losses[2 * j0 : 2 * j1] = f
+            else:
+                losses[1 + j0 : 1 + j1] = f[1:]
+                if self.share.with_f0:
+                    losses[0] = f[0]
+        elif self.share.with_f0 and not self.central:
+            losses[0] = as_loss(closure(), losses.device)
+        return losses
+
     def _evaluate(self, closure, hyper):
-        """Evaluate f at the block's perturbed points; x is restored on every exit."""
-        layout, B = self.layout, self.B
+        """Evaluate f at the block's perturbed points; x is restored on every exit.
+
+        With a share (distributed), only this rank's points; the others stay 0.
+        """
+        layout, B, share = self.layout, self.B, self.share
         dev = layout.device
         n_eval = 2 * B if self.central else B + 1
-        losses = torch.empty(n_eval, dtype=torch.float64, device=dev)
+        losses = torch.zeros(n_eval, dtype=torch.float64, device=dev)
         h = torch.empty(B, dtype=torch.float64, device=dev)
-        if not self.central:
+        if not self.central and (share is None or share.with_f0):
             losses[0] = as_loss(closure(), dev)  # f(x), once per step
         for run in layout.runs(self.c, B):
             p = layout.params[run.param]
             eps = hyper[layout.param_group[run.param]].eps
             for k in range(run.length):
                 j = run.slot + k
+                if share is not None and not share.j0 <= j < share.j1:
+                    continue
                 index = _element(p, run.offset + k)
                 original = p[index].clone()
                 plus = perturbed(original, eps)
