@@ -50,6 +50,7 @@ def _worker(rank, world, store, out, task, strategy, steps):
         n = sum(p.numel() for p in model.parameters())
         with open(out, "w") as fh:
             json.dump({"seconds_per_step": seconds, "n": n, "B": B}, fh)
+    dist.barrier()  # tear down together (see tests/test_distributed.py)
     dist.destroy_process_group()
 
 

@@ -131,9 +131,12 @@ def _worker(rank, world, store, out, backend, mode, task):
                 params2 = [p.clone() for p in params]
                 results["state"] = opt.state_dict()
                 results["params"] = params2
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
+        # Tear down together: a rank that leaves while another still talks to it
+        # aborts in gloo's destructor.
+        dist.barrier()
         dist.destroy_process_group()
-    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
 def spawn(world, backend, mode, task, prepare=None):
