@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import traceback
 
 import pytest
 import torch
@@ -132,11 +133,14 @@ def _worker(rank, world, store, out, backend, mode, task):
                 results["state"] = opt.state_dict()
                 results["params"] = params2
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        # Tear down together: a rank that leaves while another still talks to it
-        # aborts in gloo's destructor.
-        dist.barrier()
-        dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)  # mp.spawn reports it and stops the other ranks
+    # Leave together, and skip interpreter teardown: gloo's background threads sometimes
+    # abort ("terminate called without an active exception") when their C++ destructors
+    # run at exit, after all the work is done and saved.
+    dist.barrier()
+    os._exit(0)
 
 
 def spawn(world, backend, mode, task, prepare=None):
