@@ -109,5 +109,46 @@ inline void check_params(at::TensorList params, const at::Tensor& ref) {
   }
 }
 
+// Argument checks of the ops, shared so that every device checks the same things.
+inline void check_finite_difference(const at::Tensor& g, const at::Tensor& loss_out,
+                                    const at::Tensor& bad, const at::Tensor& losses,
+                                    const at::Tensor& slots, bool central) {
+  const int64_t B = slots.size(0);
+  check_buffer(losses, at::kDouble, central ? 2 * B : B + 1, "losses");
+  TORCH_CHECK_VALUE(g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble,
+                    "g must be float32 or float64, got ", g.scalar_type());
+  check_buffer(g, g.scalar_type(), B, "g");
+  check_buffer(loss_out, g.scalar_type(), 1, "loss_out");
+  check_buffer(bad, at::kInt, 1, "bad");
+}
+
+inline void check_dense_update(at::TensorList params, const at::Tensor& buffer, const at::Tensor& g,
+                               int64_t first, int64_t n) {
+  TORCH_CHECK_VALUE(buffer.scalar_type() == at::kFloat || buffer.scalar_type() == at::kDouble,
+                    "buffer must be float32 or float64, got ", buffer.scalar_type());
+  check_buffer(buffer, buffer.scalar_type(), n, "buffer");
+  check_buffer(g, buffer.scalar_type(), -1, "g");
+  check_params(params, buffer);
+  int64_t total = 0;
+  for (const auto& p : params) total += p.numel();
+  TORCH_CHECK_VALUE(first >= 0 && first + total <= n, "the group's coordinates [", first, ", ",
+                    first + total, ") do not fit in n = ", n);
+}
+
+inline void check_fifo_update(at::TensorList params, const at::Tensor& coords,
+                              const at::Tensor& vals, const at::Tensor& g,
+                              const at::Tensor& table) {
+  TORCH_CHECK_VALUE(vals.scalar_type() == at::kFloat || vals.scalar_type() == at::kDouble,
+                    "vals must be float32 or float64, got ", vals.scalar_type());
+  check_buffer(vals, vals.scalar_type(), -1, "vals");
+  check_buffer(coords, at::kLong, vals.numel(), "coords");
+  check_buffer(g, vals.scalar_type(), -1, "g");
+  check_params(params, vals);
+  check_on(table, vals, "the parameter table");
+  TORCH_CHECK_VALUE(table.size(0) == static_cast<int64_t>(params.size()),
+                    "the parameter table has ", table.size(0), " rows for ", params.size(),
+                    " parameters");
+}
+
 }  // namespace binding
 }  // namespace cocd

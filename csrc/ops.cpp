@@ -55,17 +55,13 @@ void finite_difference_cpu(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
                            const at::Tensor& losses, const at::Tensor& slots, bool central,
                            bool zero_nonfinite) {
   const int64_t B = slots.size(0);
-  check_buffer(losses, at::kDouble, central ? 2 * B : B + 1, "losses");
-  check_buffer(g, g.scalar_type(), B, "g");
-  check_buffer(loss_out, g.scalar_type(), 1, "loss_out");
-  check_buffer(bad, at::kInt, 1, "bad");
+  binding::check_finite_difference(g, loss_out, bad, losses, slots, central);
   const Slot* s = binding::slots_of(slots);
   if (g.scalar_type() == at::kDouble) {
     cpu::finite_difference<double>(g.data_ptr<double>(), loss_out.data_ptr<double>(),
                                    bad.data_ptr<int32_t>(), losses.data_ptr<double>(), s, B,
                                    central, zero_nonfinite);
   } else {
-    check_buffer(g, at::kFloat, B, "g");
     cpu::finite_difference<float>(g.data_ptr<float>(), loss_out.data_ptr<float>(),
                                   bad.data_ptr<int32_t>(), losses.data_ptr<double>(), s, B, central,
                                   zero_nonfinite);
@@ -88,17 +84,10 @@ void dense_group(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
 
 void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tensor& g, int64_t first,
                       int64_t c, int64_t n, double lr, double weight_decay, double momentum) {
-  check_buffer(buffer, buffer.scalar_type(), n, "buffer");
-  check_buffer(g, buffer.scalar_type(), -1, "g");
-  binding::check_params(params, buffer);
-  int64_t total = 0;
-  for (const auto& p : params) total += p.numel();
-  TORCH_CHECK_VALUE(first >= 0 && first + total <= n, "the group's coordinates [", first, ", ",
-                    first + total, ") do not fit in n = ", n);
+  binding::check_dense_update(params, buffer, g, first, n);
   if (buffer.scalar_type() == at::kDouble) {
     dense_group<double>(params, buffer, g, first, c, n, lr, weight_decay, momentum);
   } else {
-    check_buffer(buffer, at::kFloat, n, "buffer");
     dense_group<float>(params, buffer, g, first, c, n, lr, weight_decay, momentum);
   }
   for (const auto& p : params) bump(p);
@@ -110,12 +99,7 @@ void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals
                      int64_t n, at::ArrayRef<double> lr, at::ArrayRef<double> weight_decay,
                      at::ArrayRef<double> momentum) {
   const int64_t m = vals.numel();
-  check_buffer(coords, at::kLong, m, "coords");
-  check_buffer(g, vals.scalar_type(), -1, "g");
-  binding::check_params(params, vals);
-  TORCH_CHECK_VALUE(table.size(0) == static_cast<int64_t>(params.size()),
-                    "the parameter table has ", table.size(0), " rows for ", params.size(),
-                    " parameters");
+  binding::check_fifo_update(params, coords, vals, g, table);
   const GroupParams groups = binding::group_params(lr, weight_decay, {}, momentum);
   const ParamRef* t = binding::table_of(table);
   if (vals.scalar_type() == at::kDouble) {
@@ -123,7 +107,6 @@ void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals
                                       g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n,
                                       groups);
   } else {
-    check_buffer(vals, at::kFloat, m, "vals");
     cpu::fifo_update<float, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
                                      g.data_ptr<float>(), g.numel(), t, table.size(0), head, c, n,
                                      groups);
