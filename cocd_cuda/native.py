@@ -6,6 +6,11 @@ restores the previous coordinate and perturbs the next), ``finite_difference_`` 
 the estimates, and ``dense_update_`` (one pass over x and v per param group) or
 ``fifo_update_`` (one pass over the ring) decays, refreshes and descends. No op reads
 a device value on the host; with ``nonfinite="raise"`` the step reads one int32 flag.
+
+The step counters {c, head, t} live in a device tensor that the ops read and two
+in-place torch ops advance, so a whole step can be captured in a CUDA graph
+(``CoCD.graphed``). Outside graphs the engine keeps a host copy of them as well, for
+the host-side work (block evaluators, error messages, state_dict) without a device read.
 """
 
 from __future__ import annotations
@@ -64,14 +69,40 @@ def unsupported(layout) -> str | None:
     return None
 
 
+def _counter(index: int, doc: str) -> property:
+    """One of the step counters {c, head, t}: stored on the device, mirrored on the host.
+
+    Once the engine is ``capturable`` (graph replays advance the device copy alone),
+    reading one is a device read.
+    """
+
+    def get(self) -> int:
+        return int(self._counters[index]) if self.capturable else self._host[index]
+
+    def set(self, value: int) -> None:
+        self._host[index] = int(value)
+        self._counters[index] = int(value)
+
+    return property(get, set, doc=doc)
+
+
 class NativeEngine(ReferenceEngine):
     """Same state and semantics as the reference, with every per-step pass fused."""
 
     name = "native"
+    c = _counter(0, "The block pointer: the block's first coordinate.")
+    head = _counter(1, "The ring's oldest entry (FIFO mode; 0 in dense mode).")
+    t = _counter(2, "Steps taken.")
 
     def __init__(self, layout, compute_budget, memory_budget, central, nonfinite, init_grad):
-        super().__init__(layout, compute_budget, memory_budget, central, nonfinite, init_grad)
         dev, B = layout.device, compute_budget
+        self._counters = torch.zeros(3, dtype=torch.int64, device=dev)
+        self._host = [0, 0, 0]
+        self.capturable = False  # set by CoCD.graphed: the host copy is no longer kept
+        super().__init__(layout, compute_budget, memory_budget, central, nonfinite, init_grad)
+        # One step moves c by B (mod n), the ring head by B (mod m, FIFO only), t by 1.
+        self._advance_by = torch.tensor([B, 0 if self.dense else B, 1], device=dev)
+        self._wrap_at = torch.tensor([layout.n, memory_budget, 1 << 62], device=dev)
         self._n_eval = 2 * B if central else B + 1
         self._slots = torch.empty((B, 6), dtype=torch.int64, device=dev)
         self._losses = torch.empty(self._n_eval, dtype=torch.float64, device=dev)
@@ -112,8 +143,8 @@ class NativeEngine(ReferenceEngine):
         ops = torch.ops.cocd_cuda
         layout, n = self.layout, self.layout.n
         table = self._param_table()
-        slots, losses, central = self._slots, self._losses, self.central
-        ops.plan_(slots, table, self.c, n, [hp.eps for hp in hyper], central)
+        slots, losses, central, counters = self._slots, self._losses, self.central, self._counters
+        ops.plan_(slots, table, counters, n, [hp.eps for hp in hyper], central)
 
         def local():
             if evaluates_blocks(closure):
@@ -136,7 +167,7 @@ class NativeEngine(ReferenceEngine):
                 self._group_params, layout.group_bounds, hyper, strict=True
             ):
                 ops.dense_update_(
-                    params, self.v, self._g, start, self.c, n, hp.lr, hp.weight_decay, hp.momentum
+                    params, self.v, self._g, start, counters, n, hp.lr, hp.weight_decay, hp.momentum
                 )
         else:
             ops.fifo_update_(
@@ -145,16 +176,16 @@ class NativeEngine(ReferenceEngine):
                 self.v,
                 self._g,
                 table,
-                self.head,
-                self.c,
+                counters,
                 n,
                 [hp.lr for hp in hyper],
                 [hp.weight_decay for hp in hyper],
                 [hp.momentum for hp in hyper],
             )
-            self.head = (self.head + self.B) % self.m
-        self.c = (self.c + self.B) % n
-        self.t += 1
+        counters.add_(self._advance_by).remainder_(self._wrap_at)
+        if not self.capturable:
+            c, head, t = self._host
+            self._host = [(c + self.B) % n, head if self.dense else (head + self.B) % self.m, t + 1]
         return loss
 
     def _evaluate_in_place(self, closure, table, evals: list[int]) -> None:

@@ -59,6 +59,25 @@ inline Slot* slots_of(const at::Tensor& slots) {
   return reinterpret_cast<Slot*>(slots.data_ptr<int64_t>());
 }
 
+// The step counters {c, head, t}: an int64 [3] tensor on the op's device. The ops read
+// the block pointer c and the ring head from it (on the device, for CUDA), so a step
+// captured in a CUDA graph follows the counters from replay to replay.
+inline const int64_t* counters_of(const at::Tensor& counters, const at::Tensor& ref) {
+  check_buffer(counters, at::kLong, 3, "counters");
+  check_on(counters, ref, "counters");
+  return counters.const_data_ptr<int64_t>();
+}
+
+// The CPU ops read the counters on the host; out-of-range values would index out of
+// bounds, so they are checked there (the engine never produces them).
+inline int64_t host_counter(const at::Tensor& counters, int index, int64_t bound,
+                            const char* what) {
+  const int64_t value = counters.const_data_ptr<int64_t>()[index];
+  TORCH_CHECK_VALUE(value >= 0 && value < bound, what, " = ", value, " is outside [0, ", bound,
+                    ")");
+  return value;
+}
+
 // Per-group hyperparameters by value; absent lists leave their entries at 0.
 inline GroupParams group_params(c10::ArrayRef<double> lr, c10::ArrayRef<double> wd,
                                 c10::ArrayRef<double> eps, c10::ArrayRef<double> momentum) {

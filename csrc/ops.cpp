@@ -33,9 +33,11 @@ using binding::bump;
 using binding::check_buffer;
 using binding::check_on;
 
-void plan_cpu(at::Tensor& slots, const at::Tensor& table, int64_t c, int64_t n,
+void plan_cpu(at::Tensor& slots, const at::Tensor& table, const at::Tensor& counters, int64_t n,
               at::ArrayRef<double> eps, bool central) {
   check_on(table, slots, "the parameter table");
+  binding::counters_of(counters, slots);
+  const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
   const GroupParams groups = binding::group_params({}, {}, eps, {});
   cpu::plan(binding::slots_of(slots), slots.size(0), binding::table_of(table), table.size(0), c, n,
             groups, central);
@@ -83,8 +85,11 @@ void dense_group(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
 }
 
 void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tensor& g, int64_t first,
-                      int64_t c, int64_t n, double lr, double weight_decay, double momentum) {
+                      const at::Tensor& counters, int64_t n, double lr, double weight_decay,
+                      double momentum) {
   binding::check_dense_update(params, buffer, g, first, n);
+  binding::counters_of(counters, buffer);
+  const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
   if (buffer.scalar_type() == at::kDouble) {
     dense_group<double>(params, buffer, g, first, c, n, lr, weight_decay, momentum);
   } else {
@@ -95,11 +100,14 @@ void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tenso
 }
 
 void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals,
-                     const at::Tensor& g, const at::Tensor& table, int64_t head, int64_t c,
+                     const at::Tensor& g, const at::Tensor& table, const at::Tensor& counters,
                      int64_t n, at::ArrayRef<double> lr, at::ArrayRef<double> weight_decay,
                      at::ArrayRef<double> momentum) {
   const int64_t m = vals.numel();
   binding::check_fifo_update(params, coords, vals, g, table);
+  binding::counters_of(counters, vals);
+  const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
+  const int64_t head = binding::host_counter(counters, 1, m, "the ring head");
   const GroupParams groups = binding::group_params(lr, weight_decay, {}, momentum);
   const ParamRef* t = binding::table_of(table);
   if (vals.scalar_type() == at::kDouble) {
@@ -141,7 +149,12 @@ at::Tensor perturb_batch_cpu(const at::Tensor& x, const at::Tensor& index,
 TORCH_LIBRARY(cocd_cuda, m) {
   // Per step: plan_ once, advance_ once per evaluation (plus once at the start),
   // finite_difference_ once, then dense_update_ once per param group or fifo_update_.
-  m.def("plan_(Tensor(a!) slots, Tensor table, int c, int n, float[] eps, bool central) -> ()");
+  // counters is the int64 [3] tensor {c, head, t} on the ops' device: the block
+  // pointer and ring head are read from it, never passed by value, so that a step
+  // captured in a CUDA graph stays valid as they advance.
+  m.def(
+      "plan_(Tensor(a!) slots, Tensor table, Tensor counters, int n, float[] eps, bool central) "
+      "-> ()");
   m.def(
       "advance_(Tensor(a!) losses, Tensor slots, Tensor table, Tensor? loss, int src, int dst, "
       "bool central) -> ()");
@@ -149,11 +162,11 @@ TORCH_LIBRARY(cocd_cuda, m) {
       "finite_difference_(Tensor(a!) g, Tensor(b!) loss_out, Tensor(c!) bad, Tensor losses, "
       "Tensor slots, bool central, bool zero_nonfinite) -> ()");
   m.def(
-      "dense_update_(Tensor(a!)[] params, Tensor(b!) buffer, Tensor g, int first, int c, int n, "
-      "float lr, float weight_decay, float momentum) -> ()");
+      "dense_update_(Tensor(a!)[] params, Tensor(b!) buffer, Tensor g, int first, "
+      "Tensor counters, int n, float lr, float weight_decay, float momentum) -> ()");
   m.def(
       "fifo_update_(Tensor(a!)[] params, Tensor(b!) coords, Tensor(c!) vals, Tensor g, "
-      "Tensor table, int head, int c, int n, float[] lr, float[] weight_decay, "
+      "Tensor table, Tensor counters, int n, float[] lr, float[] weight_decay, "
       "float[] momentum) -> ()");
   m.def("perturb_batch(Tensor x, Tensor index, Tensor delta) -> Tensor");
 }

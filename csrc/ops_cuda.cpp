@@ -20,13 +20,14 @@ using binding::check_on;
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
-void plan_cuda(at::Tensor& slots, const at::Tensor& table, int64_t c, int64_t n,
+void plan_cuda(at::Tensor& slots, const at::Tensor& table, const at::Tensor& counters, int64_t n,
                at::ArrayRef<double> eps, bool central) {
   check_on(table, slots, "the parameter table");
+  const int64_t* k = binding::counters_of(counters, slots);
   const c10::cuda::CUDAGuard guard(slots.device());
   const GroupParams groups = binding::group_params({}, {}, eps, {});
   C10_CUDA_CHECK(cuda::plan(binding::slots_of(slots), slots.size(0), binding::table_of(table),
-                            table.size(0), c, n, groups, central, current_stream()));
+                            table.size(0), k, n, groups, central, current_stream()));
 }
 
 void advance_cuda(at::Tensor& losses, const at::Tensor& slots, const at::Tensor& table,
@@ -62,7 +63,7 @@ void finite_difference_cuda(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad
 
 template <typename acc_t>
 void dense_group(at::TensorList params, at::Tensor& buffer, const at::Tensor& g, int64_t first,
-                 int64_t c, int64_t n, double lr, double wd, double momentum) {
+                 const int64_t* counters, int64_t n, double lr, double wd, double momentum) {
   acc_t* v = buffer.data_ptr<acc_t>();
   const acc_t* gp = g.data_ptr<acc_t>();
   const cudaStream_t stream = current_stream();
@@ -71,44 +72,46 @@ void dense_group(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
     const int64_t len = p.numel();
     if (len > 0) {
       C10_CUDA_CHECK(cuda::dense_update<acc_t>(p.data_ptr(), binding::dtype_of(p, "a parameter"),
-                                               v + start, len, start, gp, c, n, g.numel(), lr, wd,
-                                               momentum, stream));
+                                               v + start, len, start, gp, counters, n, g.numel(),
+                                               lr, wd, momentum, stream));
     }
     start += len;
   }
 }
 
 void dense_update_cuda(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
-                       int64_t first, int64_t c, int64_t n, double lr, double weight_decay,
-                       double momentum) {
+                       int64_t first, const at::Tensor& counters, int64_t n, double lr,
+                       double weight_decay, double momentum) {
   binding::check_dense_update(params, buffer, g, first, n);
+  const int64_t* k = binding::counters_of(counters, buffer);
   const c10::cuda::CUDAGuard guard(buffer.device());
   if (buffer.scalar_type() == at::kDouble) {
-    dense_group<double>(params, buffer, g, first, c, n, lr, weight_decay, momentum);
+    dense_group<double>(params, buffer, g, first, k, n, lr, weight_decay, momentum);
   } else {
-    dense_group<float>(params, buffer, g, first, c, n, lr, weight_decay, momentum);
+    dense_group<float>(params, buffer, g, first, k, n, lr, weight_decay, momentum);
   }
   for (const auto& p : params) bump(p);
   bump(buffer);
 }
 
 void fifo_update_cuda(at::TensorList params, at::Tensor& coords, at::Tensor& vals,
-                      const at::Tensor& g, const at::Tensor& table, int64_t head, int64_t c,
+                      const at::Tensor& g, const at::Tensor& table, const at::Tensor& counters,
                       int64_t n, at::ArrayRef<double> lr, at::ArrayRef<double> weight_decay,
                       at::ArrayRef<double> momentum) {
   const int64_t m = vals.numel();
   binding::check_fifo_update(params, coords, vals, g, table);
+  const int64_t* k = binding::counters_of(counters, vals);
   const c10::cuda::CUDAGuard guard(vals.device());
   const GroupParams groups = binding::group_params(lr, weight_decay, {}, momentum);
   const ParamRef* t = binding::table_of(table);
   if (vals.scalar_type() == at::kDouble) {
     C10_CUDA_CHECK((cuda::fifo_update<double, int64_t>(
         coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m, g.data_ptr<double>(), g.numel(), t,
-        table.size(0), head, c, n, groups, current_stream())));
+        table.size(0), k, n, groups, current_stream())));
   } else {
     C10_CUDA_CHECK((cuda::fifo_update<float, int64_t>(
         coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m, g.data_ptr<float>(), g.numel(), t,
-        table.size(0), head, c, n, groups, current_stream())));
+        table.size(0), k, n, groups, current_stream())));
   }
   for (const auto& p : params) bump(p);
   bump(coords);

@@ -202,14 +202,15 @@ def _op_samples(device):
     params, _, eng, table = _engine_inputs(device)
     eng_f = _engine_inputs(device, memory_budget=6, central_difference=False)[2]
     table_f = eng_f._param_table()
-    c, n = 2, eng.layout.n
+    n = eng.layout.n
+    counters = torch.tensor([2, 1, 0], device=device)  # c = 2, head = 1, t = 0
     losses = torch.linspace(1.0, 2.0, eng._n_eval, dtype=torch.float64, device=device)
     slots = eng._slots
-    torch.ops.cocd_cuda.plan_(slots, table, c, n, [0.1], True)
+    torch.ops.cocd_cuda.plan_(slots, table, counters, n, [0.1], True)
     loss = torch.tensor(3.0, device=device)
     g = torch.linspace(-1, 1, 4, device=device)
     samples = {
-        "plan_": (slots, table, c, n, [0.1], True),
+        "plan_": (slots, table, counters, n, [0.1], True),
         "advance_": (losses, slots, table, loss, 1, 2, True),
         "finite_difference_": (
             eng._g,
@@ -220,15 +221,14 @@ def _op_samples(device):
             True,
             False,
         ),
-        "dense_update_": (params, eng.v, g, 0, c, n, 0.1, 0.01, 0.9),
+        "dense_update_": (params, eng.v, g, 0, counters, n, 0.1, 0.01, 0.9),
         "fifo_update_": (
             eng_f.layout.params,
             eng_f.coords,
             eng_f.v,
             g[:4],
             table_f,
-            1,
-            c,
+            counters,
             n,
             [0.1],
             [0.0],

@@ -21,8 +21,9 @@ int blocks_for(int64_t work) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(b, 65535)));
 }
 
-__global__ void plan_kernel(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c,
-                            int64_t n, GroupParams groups, bool central) {
+__global__ void plan_kernel(Slot* slots, int64_t B, const ParamRef* table, int64_t P,
+                            const int64_t* counters, int64_t n, GroupParams groups, bool central) {
+  const int64_t c = counters[0];
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < B;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     plan_slot(slots, j, table, P, c, n, groups, central);
@@ -73,23 +74,21 @@ __global__ void finite_difference_kernel(acc_t* g, acc_t* loss_out, int32_t* bad
   }
 }
 
-// Fresh interval [lo, hi) of local indices with g offset g0 (g index = i - lo + g0).
-struct Fresh {
-  int64_t lo[2], hi[2], g0[2];
-};
-
+// Element i of a parameter is coordinate first + i; it is in the block when its
+// position there, (first + i - c) mod n, is below B. The block pointer c is read on
+// the device, and the modulo is one conditional add (both operands lie in [0, n)).
 template <typename codec, typename acc_t>
-__global__ void dense_kernel(typename codec::storage* x, acc_t* v, int64_t len, const acc_t* g,
-                             Fresh fresh, acc_t decay, acc_t lr, acc_t momentum, bool do_decay,
-                             bool do_wd) {
+__global__ void dense_kernel(typename codec::storage* x, acc_t* v, int64_t len, int64_t first,
+                             const acc_t* g, const int64_t* counters, int64_t n, int64_t B,
+                             acc_t decay, acc_t lr, acc_t momentum, bool do_decay, bool do_wd) {
+  const int64_t c = counters[0];
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t j = first + i - c;
+    if (j < 0) j += n;
     acc_t vi;
-    if (i >= fresh.lo[0] && i < fresh.hi[0]) {
-      vi = g[i - fresh.lo[0] + fresh.g0[0]];
-      v[i] = vi;
-    } else if (i >= fresh.lo[1] && i < fresh.hi[1]) {
-      vi = g[i - fresh.lo[1] + fresh.g0[1]];
+    if (j < B) {
+      vi = g[j];
       v[i] = vi;
     } else {
       vi = v[i];
@@ -106,8 +105,9 @@ __global__ void dense_kernel(typename codec::storage* x, acc_t* v, int64_t len, 
 
 template <typename acc_t, typename coord_t>
 __global__ void fifo_kernel(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
-                            const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
+                            const ParamRef* table, int64_t P, const int64_t* counters, int64_t n,
                             GroupParams groups) {
+  const int64_t c = counters[0], head = counters[1];
   for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; s < m;
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     fifo_entry(s, coords, vals, m, g, B, table, P, head, c, n, groups);
@@ -131,18 +131,21 @@ __global__ void perturb_batch_kernel(storage_t* out, const storage_t* x, DType d
 }
 
 template <typename codec, typename acc_t>
-void launch_dense(void* x, acc_t* v, int64_t len, const acc_t* g, const Fresh& fresh, double lr,
-                  double wd, double momentum, cudaStream_t stream) {
+void launch_dense(void* x, acc_t* v, int64_t len, int64_t first, const acc_t* g,
+                  const int64_t* counters, int64_t n, int64_t B, double lr, double wd,
+                  double momentum, cudaStream_t stream) {
   dense_kernel<codec, acc_t><<<blocks_for(len), kThreads, 0, stream>>>(
-      static_cast<typename codec::storage*>(x), v, len, g, fresh, static_cast<acc_t>(1.0 - lr * wd),
-      static_cast<acc_t>(lr), static_cast<acc_t>(momentum), momentum != 1.0, wd != 0.0);
+      static_cast<typename codec::storage*>(x), v, len, first, g, counters, n, B,
+      static_cast<acc_t>(1.0 - lr * wd), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
+      momentum != 1.0, wd != 0.0);
 }
 
 }  // namespace
 
-cudaError_t plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c, int64_t n,
-                 const GroupParams& groups, bool central, cudaStream_t stream) {
-  plan_kernel<<<blocks_for(B), kThreads, 0, stream>>>(slots, B, table, P, c, n, groups, central);
+cudaError_t plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, const int64_t* counters,
+                 int64_t n, const GroupParams& groups, bool central, cudaStream_t stream) {
+  plan_kernel<<<blocks_for(B), kThreads, 0, stream>>>(slots, B, table, P, counters, n, groups,
+                                                      central);
   return cudaGetLastError();
 }
 
@@ -165,40 +168,34 @@ cudaError_t finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const dou
 
 template <typename acc_t>
 cudaError_t dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first,
-                         const acc_t* g, int64_t c, int64_t n, int64_t B, double lr, double wd,
-                         double momentum, cudaStream_t stream) {
-  // The fresh block [c, c+B) mod n as two intervals, made local to this parameter.
-  const int64_t glo[2] = {c, 0}, ghi[2] = {std::min(c + B, n), std::max<int64_t>(c + B - n, 0)};
-  const int64_t g0[2] = {0, n - c};
-  Fresh fresh;
-  for (int k = 0; k < 2; ++k) {
-    const int64_t lo = std::max(glo[k], first), hi = std::min(ghi[k], first + len);
-    fresh.lo[k] = lo < hi ? lo - first : 0;
-    fresh.hi[k] = lo < hi ? hi - first : 0;
-    fresh.g0[k] = lo < hi ? g0[k] + (lo - glo[k]) : 0;
-  }
+                         const acc_t* g, const int64_t* counters, int64_t n, int64_t B, double lr,
+                         double wd, double momentum, cudaStream_t stream) {
   switch (x_dtype) {
     case kHalf:
-      launch_dense<Codec<HalfTag>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+      launch_dense<Codec<HalfTag>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
+                                          stream);
       break;
     case kBFloat16:
-      launch_dense<Codec<BF16Tag>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+      launch_dense<Codec<BF16Tag>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
+                                          stream);
       break;
     case kFloat:
-      launch_dense<Codec<float>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+      launch_dense<Codec<float>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
+                                        stream);
       break;
     default:
-      launch_dense<Codec<double>, acc_t>(x, v, len, g, fresh, lr, wd, momentum, stream);
+      launch_dense<Codec<double>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
+                                         stream);
   }
   return cudaGetLastError();
 }
 
 template <typename acc_t, typename coord_t>
 cudaError_t fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
-                        const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
+                        const ParamRef* table, int64_t P, const int64_t* counters, int64_t n,
                         const GroupParams& groups, cudaStream_t stream) {
-  fifo_kernel<acc_t>
-      <<<blocks_for(m), kThreads, 0, stream>>>(coords, vals, m, g, B, table, P, head, c, n, groups);
+  fifo_kernel<acc_t><<<blocks_for(m), kThreads, 0, stream>>>(coords, vals, m, g, B, table, P,
+                                                             counters, n, groups);
   return cudaGetLastError();
 }
 
@@ -231,15 +228,15 @@ template cudaError_t finite_difference<float>(float*, float*, int32_t*, const do
 template cudaError_t finite_difference<double>(double*, double*, int32_t*, const double*,
                                                const Slot*, int64_t, bool, bool, cudaStream_t);
 template cudaError_t dense_update<float>(void*, DType, float*, int64_t, int64_t, const float*,
-                                         int64_t, int64_t, int64_t, double, double, double,
+                                         const int64_t*, int64_t, int64_t, double, double, double,
                                          cudaStream_t);
 template cudaError_t dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*,
-                                          int64_t, int64_t, int64_t, double, double, double,
+                                          const int64_t*, int64_t, int64_t, double, double, double,
                                           cudaStream_t);
-#define COCD_FIFO(acc_t, coord_t)                                                          \
-  template cudaError_t fifo_update<acc_t, coord_t>(                                        \
-      coord_t*, acc_t*, int64_t, const acc_t*, int64_t, const ParamRef*, int64_t, int64_t, \
-      int64_t, int64_t, const GroupParams&, cudaStream_t);
+#define COCD_FIFO(acc_t, coord_t)                                                                 \
+  template cudaError_t fifo_update<acc_t, coord_t>(                                               \
+      coord_t*, acc_t*, int64_t, const acc_t*, int64_t, const ParamRef*, int64_t, const int64_t*, \
+      int64_t, const GroupParams&, cudaStream_t);
 COCD_FIFO(float, int64_t)
 COCD_FIFO(double, int64_t)
 COCD_FIFO(float, int32_t)
