@@ -2,6 +2,8 @@
 
     python -m benchmarks.evaluation [--device cpu|cuda] [--tasks sarcos,mnist] [--out FILE]
 
+Strategies: sequential, batched, layered, and graphed (the sequential path replayed
+from a CUDA graph, ``CoCD.graphed``; on CPU it runs without a graph).
 Tasks: the SARCOS-size MLP (21-64-64-64-64-7, batch 64, B = 64) and the paper's MNIST
 CNN (batch 128, B = 256). The floor is one forward pass of the unperturbed model over
 2B x batch rows: what evaluating all of a step's points as one batch costs
@@ -48,6 +50,13 @@ def bench_task(name: str, device: str, rounds: int, strategies: list[str]) -> di
         torch.manual_seed(0)
         model = factory().to(device).eval()
         n = sum(p.numel() for p in model.parameters())
+        if strategy == "graphed":  # the sequential path, captured as one CUDA graph
+            obj = cocd_cuda.ModelObjective(model, loss_fn, x, y, strategy="sequential")
+            opt = cocd_cuda.CoCD(model.parameters(), lr=1e-4, compute_budget=B, momentum=0.99,
+                                 nonfinite="zero")  # fmt: skip
+            cands[strategy] = opt.graphed(obj)
+            cands[strategy]()  # captures
+            continue
         obj = cocd_cuda.ModelObjective(model, loss_fn, x, y, strategy=strategy)
         opt = cocd_cuda.CoCD(model.parameters(), lr=1e-4, compute_budget=B, momentum=0.99)
         opt.step(obj)
@@ -86,14 +95,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tasks", default="sarcos,mnist")
-    parser.add_argument("--strategies", default="sequential,batched,layered")
+    parser.add_argument(
+        "--strategies",
+        default=None,
+        help="default: sequential,batched,layered (and graphed on cuda)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    strategies = args.strategies or "sequential,batched,layered" + (
+        ",graphed" if args.device.startswith("cuda") else ""
+    )
     result = {"machine": machine(args.device), "tasks": []}
     print(f"# ModelObjective strategies on {args.device}, torch {torch.__version__}")
     for name in args.tasks.split(","):
-        r = bench_task(name, args.device, args.rounds, args.strategies.split(","))
+        r = bench_task(name, args.device, args.rounds, strategies.split(","))
         result["tasks"].append(r)
         print(f"\n## {name}: n={r['n']}, B={r['B']}, batch {r['batch']}")
         print(f"{'strategy':>42} {'ms/step':>9} {'vs seq.':>8} {'x floor':>8}")

@@ -8,6 +8,7 @@ import torch
 
 from . import backends
 from .distributed import Share
+from .graphs import GraphedStep
 from .layout import ParamLayout, check_params, finite_number
 from .reference import GroupHyper
 
@@ -186,8 +187,26 @@ class CoCD(torch.optim.Optimizer):
                 "CoCD.step needs a closure that returns the loss, e.g. "
                 "opt.step(lambda: loss_fn(model(x), y))"
             )
-        hyper = [_check_group(g, f"param group {i}") for i, g in enumerate(self.param_groups)]
-        return self._engine.step(closure, hyper)
+        return self._engine.step(closure, self._hyperparameters())
+
+    def graphed(self, closure) -> GraphedStep:
+        """A callable that takes one step of ``closure`` per call, replayed from a CUDA graph.
+
+        ``step = opt.graphed(closure)``, then ``loss = step()`` once per step. The
+        first call captures a whole step (the closure's 2B evaluations and the
+        optimizer kernels); later calls replay it with one launch and never read the
+        device on the host. The results are those of ``opt.step(closure)``, bit for bit.
+        It needs the native backend and ``nonfinite="zero"``, and a closure made of CUDA
+        tensor ops that reads its batch from the same tensors at every call (refill
+        them in place). A ``ModelObjective`` is evaluated point by point here. Changed
+        hyperparameters, moved parameters or a new ``set_batch`` batch trigger a new
+        capture. On CPU it runs the same step without a graph. See ``GraphedStep``.
+        """
+        return GraphedStep(self, closure)
+
+    def _hyperparameters(self) -> list[GroupHyper]:
+        """Each param group's hyperparameters, validated, as they are now."""
+        return [_check_group(g, f"param group {i}") for i, g in enumerate(self.param_groups)]
 
     def reset(self) -> None:
         """Zero the buffer and set the block pointer and step counter to 0."""

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every GPU check in one call, for the lent GPU machine (see ../shared/design/BUILD.md):
+#   run(command="bash benchmarks/gpu.sh", carry=["_device/data"])   # data: optional
+# Builds the CUDA extension, runs the CUDA tests (pytest -m cuda, then the native and
+# graph suites on both devices), the kernel and evaluation benchmarks and, when MNIST
+# was carried in _device/data, a short MNIST run. Logs and JSON go to $OUT (default
+# benchmarks/results/gpu); copy the JSON into benchmarks/results/ and commit it.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+status=0
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, remember a failure
+  local name=$1
+  shift
+  echo "== $name: $*"
+  "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "!! $name failed (exit $rc), see $OUT/$name.log"
+    status=1
+  fi
+  tail -n 15 "$OUT/$name.log"
+}
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+git rev-parse HEAD >"$OUT/commit.txt" 2>/dev/null || true
+step build pip install --no-build-isolation --no-deps -e .
+step pytest-cuda python -m pytest -m cuda -v -rs
+step pytest-native python -m pytest tests/test_native.py tests/test_graphs.py -q -rs
+step kernels python -m benchmarks.kernels --device cuda --sizes 1e4,1e5,1e6,8e6,3.2e7 \
+  --out "$OUT/kernels-cuda.json"
+step evaluation python -m benchmarks.evaluation --device cuda --out "$OUT/evaluation-cuda.json"
+if [ -d _device/data ]; then
+  COCD_DATA=_device/data step mnist python -m benchmarks.paper --task mnist --device cuda \
+    --optimizers cocd,sgd --epochs 2 --no-progress --out "$OUT"
+fi
+exit $status

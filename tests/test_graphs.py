@@ -1,0 +1,223 @@
+"""CoCD.graphed: the capturable step (device counters), and on a GPU the CUDA graph."""
+
+import pytest
+import torch
+from torch import nn
+
+from cocd_cuda import CoCD, ModelObjective, backends
+
+pytestmark = pytest.mark.skipif(
+    "native" not in backends.available(), reason="the native extension is not built"
+)
+
+SIZES = [(5, 7), (3,)]  # n = 38: B = 5 does not divide it, so blocks wrap and straddle
+MODES = {
+    "dense-central": dict(compute_budget=5),
+    "dense-forward": dict(compute_budget=5, central_difference=False),
+    "fifo-central": dict(compute_budget=5, memory_budget=12),
+    "fifo-forward": dict(compute_budget=5, memory_budget=12, central_difference=False),
+}
+
+
+def make_params(device, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randn(s, generator=gen, dtype=torch.float64).to(device, dtype) for s in SIZES]
+
+
+def objective(params):
+    """A smooth, non-separable loss made of device tensor ops only (capturable)."""
+    weights = [
+        torch.linspace(0.5, 1.5, p.numel(), dtype=torch.float64, device=p.device) for p in params
+    ]
+
+    def f():
+        total = torch.zeros((), dtype=torch.float64, device=params[0].device)
+        for k, (p, w) in enumerate(zip(params, weights, strict=True)):
+            q = p.double().reshape(-1)
+            total = total + (w * torch.sin(q + k)).sum() + 0.1 * q.sum() ** 2 / (1 + q.numel())
+        return total
+
+    return f
+
+
+def groups(params, split):
+    if not split:
+        return params
+    return [dict(params=params[:1]), dict(params=params[1:], lr=0.03, momentum=0.5)]
+
+
+def pair(device, options, split=False, graphed_backend="native", eager_backend="reference"):
+    """(eager optimizer, its closure, graphed optimizer, graphed step) on equal copies."""
+    options = dict(lr=0.05, momentum=0.9, eps=1e-2, nonfinite="zero", **options)
+    pe, pg = make_params(device), make_params(device)
+    eager = CoCD(groups(pe, split), backend=eager_backend, **options)
+    opt = CoCD(groups(pg, split), backend=graphed_backend, **options)
+    return (pe, eager, objective(pe)), (pg, opt, opt.graphed(objective(pg)))
+
+
+def assert_same(eager_params, eager, graphed_params, graphed):
+    for a, b in zip(eager_params, graphed_params, strict=True):
+        assert torch.equal(a, b)
+    se, sg = eager.state_dict()["state"], graphed.state_dict()["state"]
+    assert (se["c"], se["head"], se["t"]) == (sg["c"], sg["head"], sg["t"])
+    assert torch.equal(se["buffer"], sg["buffer"])
+    if se["coords"] is not None:
+        assert torch.equal(se["coords"], sg["coords"])
+
+
+# ----------------------------------------------------------------- any device
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("split", [False, True], ids=["one-group", "two-groups"])
+def test_graphed_steps_equal_the_reference_bit_for_bit(mode, split):
+    """On CPU, GraphedStep runs the capturable step eagerly: same values as the spec."""
+    (pe, eager, f), (pg, opt, step) = pair("cpu", MODES[mode], split)
+    for k in range(20):  # 100 coordinates: the block pointer wraps around n = 38 twice
+        assert torch.equal(eager.step(f), step())
+        assert_same(pe, eager, pg, opt)
+        assert opt.step_count == k + 1
+
+
+def test_graphed_steps_read_hyperparameters_at_every_call():
+    (pe, eager, f), (pg, opt, step) = pair("cpu", MODES["fifo-central"], split=True)
+    for k in range(9):
+        if k == 4:  # a scheduler's change must reach the (graphed) step
+            for o in (eager, opt):
+                o.param_groups[0]["lr"] = 0.01
+                o.param_groups[1]["eps"] = 0.05
+        eager.step(f)
+        step()
+    assert_same(pe, eager, pg, opt)
+
+
+def test_graphed_state_dict_resume_and_reset():
+    (pe, eager, f), (pg, opt, step) = pair("cpu", MODES["fifo-forward"])
+    for _ in range(7):
+        eager.step(f)
+        step()
+    saved = opt.state_dict()
+    assert (saved["state"]["c"], saved["state"]["head"], saved["state"]["t"]) == (35, 11, 7)
+    options = dict(lr=0.05, momentum=0.9, eps=1e-2, nonfinite="zero", **MODES["fifo-forward"])
+    resumed = CoCD(pg, backend="native", **options)
+    resumed.load_state_dict(saved)
+    step2 = resumed.graphed(objective(pg))
+    for _ in range(5):
+        eager.step(f)
+        step2()
+    assert_same(pe, eager, pg, resumed)
+    eager.reset()
+    resumed.reset()
+    assert resumed.step_count == 0
+    for _ in range(3):
+        eager.step(f)
+        step2()
+    assert_same(pe, eager, pg, resumed)
+
+
+def test_graphed_model_objective_is_evaluated_point_by_point():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x, y = torch.randn(6, 4), torch.randn(6, 2)
+    eager = CoCD(models[0].parameters(), compute_budget=4, nonfinite="zero", backend="reference")
+    f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy="sequential")
+    opt = CoCD(models[1].parameters(), compute_budget=4, nonfinite="zero", backend="native")
+    layered = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy="layered")
+    with pytest.warns(UserWarning, match="point by point"):
+        step = opt.graphed(layered)
+    for _ in range(6):
+        assert torch.equal(eager.step(f), step())
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_graphed_rejects_what_a_graph_cannot_replay():
+    p = [torch.zeros(3)]
+    f = objective(p)
+    with pytest.raises(ValueError, match="backend='native'"):
+        CoCD(p, nonfinite="zero", backend="reference").graphed(f)
+    with pytest.raises(ValueError, match="nonfinite='zero'"):
+        CoCD(p, backend="native").graphed(f)
+    with pytest.raises(TypeError, match="closure"):
+        CoCD(p, nonfinite="zero", backend="native").graphed(None)
+
+
+def test_ops_reject_counters_out_of_range():
+    opt = CoCD(make_params("cpu"), compute_budget=5, backend="native")
+    eng = opt._engine
+    table = eng._param_table()
+    for bad, match in (([38, 0, 0], "block pointer c = 38"), ([-1, 0, 0], "c = -1")):
+        with pytest.raises(ValueError, match=match):
+            torch.ops.cocd_cuda.plan_(eng._slots, table, torch.tensor(bad), 38, [0.1], True)
+    with pytest.raises(ValueError, match="counters must have 3 elements"):
+        torch.ops.cocd_cuda.plan_(eng._slots, table, torch.tensor([0, 0]), 38, [0.1], True)
+
+
+# ----------------------------------------------------------------------- CUDA
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("split", [False, True], ids=["one-group", "two-groups"])
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_graph_replays_equal_eager_steps(mode, split):
+    """The graphed step on a GPU equals the eager native step, bit for bit."""
+    (pe, eager, f), (pg, opt, step) = pair("cuda", MODES[mode], split, eager_backend="native")
+    for _ in range(20):
+        assert torch.equal(eager.step(f), step())
+    assert step._graph is not None  # replayed from a graph, not run eagerly
+    assert_same(pe, eager, pg, opt)
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_graph_replay_never_synchronises():
+    (_, _, _), (_, opt, step) = pair("cuda", MODES["fifo-central"])
+    step()  # captures
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert opt.step_count == 6
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_graph_follows_batches_hyperparameters_and_moved_storage():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 1)).cuda() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    batches = [(torch.randn(16, 5, device="cuda"), torch.randn(16, 1, device="cuda"))
+               for _ in range(4)]  # fmt: skip
+    x, y = batches[0][0].clone(), batches[0][1].clone()
+    options = dict(compute_budget=8, lr=0.05, momentum=0.9, nonfinite="zero", backend="native")
+    eager = CoCD(models[0].parameters(), **options)
+    f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy="sequential")
+    opt = CoCD(models[1].parameters(), **options)
+    g = ModelObjective(models[1], nn.functional.mse_loss, x.clone(), y.clone(),
+                       strategy="sequential")  # fmt: skip
+    step = opt.graphed(g)
+    for k in range(12):
+        bx, by = batches[k % 4]
+        if k < 6:  # refill in place: the same graph reads the new batch
+            for objective_ in (f, g):
+                objective_.inputs.copy_(bx)
+                objective_.targets.copy_(by)
+        else:  # new tensors: the step is recaptured
+            f.set_batch(bx, by)
+            g.set_batch(bx.clone(), by.clone())
+        if k == 8:
+            for o in (eager, opt):
+                o.param_groups[0]["lr"] = 0.02
+        if k == 10:  # the parameters move to new storage: the table and graph follow
+            for m in models:
+                for p in m.parameters():
+                    p.data = p.data.clone()
+        # cuBLAS may pick other kernels under capture, so this compares to rounding;
+        # a stale batch, learning rate or parameter address would be far off.
+        torch.testing.assert_close(step(), eager.step(f), rtol=1e-5, atol=1e-7)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
