@@ -3,18 +3,19 @@
 #   run(command="bash benchmarks/gpu.sh", carry=["_device/data"])   # data: optional
 # Builds the CUDA extension, runs the CUDA tests (pytest -m cuda, then the native and
 # graph suites on both devices), the kernel and evaluation benchmarks and, when MNIST
-# was carried in _device/data, a short MNIST run. Logs and JSON go to $OUT (default
+# was carried in _device/data, a short MNIST run. Each step has a time limit, so the
+# whole call fits the device tool's 600 s per command. Logs and JSON go to $OUT (default
 # benchmarks/results/gpu); copy the JSON into benchmarks/results/ and commit it.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 status=0
-step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, remember a failure
-  local name=$1
-  shift
+step() {  # step NAME SECONDS COMMAND...: run (at most SECONDS), log to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
   echo "== $name: $*"
-  "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   if [ $rc -ne 0 ]; then
     echo "!! $name failed (exit $rc), see $OUT/$name.log"
@@ -24,14 +25,14 @@ step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, remember a failure
 }
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 git rev-parse HEAD >"$OUT/commit.txt" 2>/dev/null || true
-step build pip install --no-build-isolation --no-deps -e .
-step pytest-cuda python -m pytest -m cuda -v -rs
-step pytest-native python -m pytest tests/test_native.py tests/test_graphs.py -q -rs
-step kernels python -m benchmarks.kernels --device cuda --sizes 1e4,1e5,1e6,8e6,3.2e7 \
+step build 180 pip install --no-build-isolation --no-deps -e .
+step pytest-cuda 90 python -m pytest -m cuda -v -rs
+step pytest-native 90 python -m pytest tests/test_native.py tests/test_graphs.py -m "not cuda" -q -rs
+step kernels 80 python -m benchmarks.kernels --device cuda --sizes 1e4,1e5,1e6,8e6,3.2e7 \
   --out "$OUT/kernels-cuda.json"
-step evaluation python -m benchmarks.evaluation --device cuda --out "$OUT/evaluation-cuda.json"
+step evaluation 80 python -m benchmarks.evaluation --device cuda --out "$OUT/evaluation-cuda.json"
 if [ -d _device/data ]; then
-  COCD_DATA=_device/data step mnist python -m benchmarks.paper --task mnist --device cuda \
-    --optimizers cocd,sgd --epochs 2 --no-progress --out "$OUT"
+  COCD_DATA=_device/data step mnist 60 python -m benchmarks.paper --task mnist --device cuda \
+    --optimizers cocd,sgd --epochs 1 --no-progress --out "$OUT"
 fi
 exit $status

@@ -26,25 +26,47 @@ class GraphedStep:
     host reads) and must read its data from the same tensors at every call: refill
     them in place (``inputs.copy_(batch)``). The step is recaptured automatically,
     before it runs, when a param group's hyperparameters change, when a parameter's
-    storage moves, or when a ``ModelObjective`` is given a new batch by ``set_batch``.
-    Each call returns the step's loss estimate as a fresh 0-dim tensor.
+    storage moves, or when a ``ModelObjective`` is given a new batch by ``set_batch``;
+    ``captures`` counts the captures. Each call returns the step's loss estimate as a
+    fresh 0-dim tensor. Optimizer step hooks do not run for graphed steps.
 
     On CPU the same step runs without a graph, so code written for both works on both.
     """
 
     def __init__(self, optimizer, closure):
-        engine = optimizer._engine
         if not callable(closure):
             raise TypeError(
                 f"CoCD.graphed needs the closure that returns the loss, got {closure!r}"
             )
+        self._optimizer = optimizer
+        self._closure = closure
+        self._check()
+        if evaluates_blocks(closure):
+            warnings.warn(
+                f"CoCD.graphed evaluates this ModelObjective point by point (its "
+                f"'{closure.strategy}' strategy depends on where the block lies, which "
+                "changes from step to step, so it cannot be replayed as one graph)",
+                stacklevel=3,
+            )
+        engine = optimizer._engine
+        self._device = engine.layout.device
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._captured_for = None
+        self._loss: torch.Tensor | None = None
+        self.captures = 0
+        engine.capturable = True  # from now on replays advance the counters on the device
+
+    def _check(self) -> None:
+        """What a graph cannot replay; checked at construction and at every call."""
+        opt = self._optimizer
+        engine = opt._engine
         if engine.name != "native":
             raise ValueError(
                 "CoCD.graphed needs the native backend, but this CoCD runs the "
                 f"{engine.name} backend; construct it with backend='native' (and build the "
                 "extension if that fails)"
             )
-        if optimizer.nonfinite != "zero":
+        if opt.nonfinite != "zero":
             raise ValueError(
                 "CoCD.graphed needs nonfinite='zero': raising on a non-finite loss reads a "
                 "flag on the host each step, which a graph cannot do; construct CoCD(..., "
@@ -55,62 +77,71 @@ class GraphedStep:
                 "CoCD.graphed does not run over a process_group (the share's collectives "
                 "are not captured); call step() instead"
             )
-        if evaluates_blocks(closure):
-            warnings.warn(
-                f"CoCD.graphed evaluates this ModelObjective point by point (its "
-                f"'{closure.strategy}' strategy depends on where the block lies, which "
-                "changes from step to step, so it cannot be replayed as one graph)",
-                stacklevel=3,
-            )
-        self._optimizer = optimizer
-        self._closure = closure
-        self._on_cuda = engine.layout.device.type == "cuda"
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._captured_for = None
-        self._loss: torch.Tensor | None = None
-        engine.capturable = True  # from now on replays advance the counters on the device
 
     def _point(self):
         """The closure as a plain one, so that the engine evaluates it point by point."""
         return self._closure()
 
+    @torch.no_grad()
     def __call__(self) -> torch.Tensor:
+        self._check()  # load_state_dict may have changed nonfinite
         opt = self._optimizer
+        opt._opt_called = True  # what LR schedulers look for (they wrap opt.step)
         hyper = opt._hyperparameters()
         engine = opt._engine
-        if not self._on_cuda:
+        if self._device.type != "cuda":
             return engine.step(self._point, hyper)
-        table = engine._param_table()  # rebuilt outside the capture if a storage moved
-        batch = (getattr(self._closure, "inputs", None), getattr(self._closure, "targets", None))
-        key = (hyper, table, *batch)
-        if self._graph is None or not _same(key, self._captured_for):
-            self._capture(hyper)
-            self._captured_for = key
-        self._graph.replay()
-        return self._loss.clone()
+        with torch.cuda.device(self._device):  # capture and replay on the parameters' GPU
+            table = engine._param_table()  # rebuilt outside the capture if a storage moved
+            closure = self._closure
+            key = (
+                hyper,
+                table,
+                getattr(closure, "inputs", None),
+                getattr(closure, "targets", None),
+            )
+            if self._graph is None or not _same(key, self._captured_for):
+                self._capture(hyper)
+                self._captured_for = key
+            self._graph.replay()
+            return self._loss.clone()
 
     def _capture(self, hyper) -> None:
         engine = self._optimizer._engine
         self._graph = self._loss = None  # release the previous graph's memory first
         # Warm the closure up on a side stream, as torch.cuda.graph recommends (lazy
-        # library initialisation must not happen during capture). It only evaluates
-        # f(x): the optimizer's state and the parameters are untouched.
-        side = torch.cuda.Stream(device=engine.layout.device)
+        # library initialisation must not happen during capture), with host syncs made
+        # errors. It only evaluates f(x): the optimizer's state and x are untouched.
+        side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(2):
-                value = self._closure()
-                if not (isinstance(value, torch.Tensor) and value.is_cuda and value.numel() == 1):
-                    raise TypeError(
-                        "CoCD.graphed needs a closure that returns its loss as a one-element "
-                        f"CUDA tensor, got {type(value).__name__}"
-                        + (f" on {value.device}" if isinstance(value, torch.Tensor) else "")
-                    )
+        mode = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    value = self._closure()
+        except RuntimeError as exc:
+            if "synchronizing CUDA operation" not in str(exc):
+                raise
+            raise RuntimeError(
+                "CoCD.graphed: the closure cannot be captured in a CUDA graph, because it "
+                f"synchronises with the host ({exc}); remove host reads such as .item() or "
+                "printing tensors from it, or call step() instead"
+            ) from exc
+        finally:
+            torch.cuda.set_sync_debug_mode(mode)
         torch.cuda.current_stream().wait_stream(side)
+        if not (isinstance(value, torch.Tensor) and value.is_cuda and value.numel() == 1):
+            where = f" on {value.device}" if isinstance(value, torch.Tensor) else ""
+            raise TypeError(
+                "CoCD.graphed needs a closure that returns its loss as a one-element CUDA "
+                f"tensor, got {type(value).__name__}{where}"
+            )
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
+        with torch.cuda.graph(graph):
             loss = engine.step(self._point, hyper)
         self._graph, self._loss = graph, loss
+        self.captures += 1
 
 
 def _same(a: tuple, b: tuple | None) -> bool:

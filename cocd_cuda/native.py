@@ -207,7 +207,10 @@ class NativeEngine(ReferenceEngine):
                 advance(losses, slots, table, value, k, nxt, central)
                 current = nxt
         except BaseException:
-            advance(losses, slots, table, None, current, n_eval, central)  # exact restore
+            # Exact restore; while a CUDA graph is being captured nothing has run, and the
+            # failed capture accepts no more work.
+            if not (is_cuda and torch.cuda.is_current_stream_capturing()):
+                advance(losses, slots, table, None, current, n_eval, central)
             raise
 
     def _raise_nonfinite(self, losses):

@@ -1,5 +1,9 @@
 """CoCD.graphed: the capturable step (device counters), and on a GPU the CUDA graph."""
 
+import subprocess
+import sys
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -87,6 +91,45 @@ def test_graphed_steps_read_hyperparameters_at_every_call():
         eager.step(f)
         step()
     assert_same(pe, eager, pg, opt)
+
+
+def test_graphed_steps_follow_an_lr_scheduler_without_its_warning():
+    (pe, eager, f), (pg, opt, step) = pair("cpu", MODES["dense-central"])
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5) for o in (eager, opt)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        for _ in range(6):
+            eager.step(f)
+            step()
+            for sched in scheds:
+                sched.step()
+    assert opt.param_groups[0]["lr"] == 0.05 * 0.5**3
+    assert_same(pe, eager, pg, opt)
+
+
+def test_graphed_closure_runs_without_autograd():
+    p = torch.nn.Parameter(torch.tensor([0.5, -1.0]))
+    seen = []
+
+    def f():
+        seen.append(torch.is_grad_enabled())
+        return (p**2).sum()
+
+    CoCD([p], compute_budget=2, nonfinite="zero", backend="native").graphed(f)()
+    assert seen == [False] * 4
+
+
+def test_graphed_rechecks_nonfinite_after_load_state_dict():
+    p = make_params("cpu")
+    opt = CoCD(p, compute_budget=5, nonfinite="zero", backend="native")
+    step = opt.graphed(objective(p))
+    step()
+    saved = opt.state_dict()
+    saved["state"]["nonfinite"] = "raise"
+    opt.load_state_dict(saved)
+    with pytest.raises(ValueError, match="nonfinite='zero'"):
+        step()
+    assert opt.step_count == 1  # nothing ran
 
 
 def test_graphed_state_dict_resume_and_reset():
@@ -200,24 +243,53 @@ def test_cuda_graph_follows_batches_hyperparameters_and_moved_storage():
     g = ModelObjective(models[1], nn.functional.mse_loss, x.clone(), y.clone(),
                        strategy="sequential")  # fmt: skip
     step = opt.graphed(g)
-    for k in range(12):
+    captures = []
+    for k in range(10):
         bx, by = batches[k % 4]
-        if k < 6:  # refill in place: the same graph reads the new batch
+        if k < 7:  # refill in place: the same graph reads the new batch
             for objective_ in (f, g):
                 objective_.inputs.copy_(bx)
                 objective_.targets.copy_(by)
         else:  # new tensors: the step is recaptured
             f.set_batch(bx, by)
             g.set_batch(bx.clone(), by.clone())
-        if k == 8:
+        if k == 3:
             for o in (eager, opt):
                 o.param_groups[0]["lr"] = 0.02
-        if k == 10:  # the parameters move to new storage: the table and graph follow
+        if k == 5:  # the parameters move to new storage: the table and graph follow
             for m in models:
                 for p in m.parameters():
                     p.data = p.data.clone()
         # cuBLAS may pick other kernels under capture, so this compares to rounding;
         # a stale batch, learning rate or parameter address would be far off.
         torch.testing.assert_close(step(), eager.step(f), rtol=1e-5, atol=1e-7)
+        captures.append(step.captures)
+    assert captures == [1, 1, 1, 2, 2, 3, 3, 4, 5, 6]
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+FRESH_PROCESS = """
+import torch
+from cocd_cuda import CoCD
+torch.manual_seed(0)
+ps = [torch.randn(40, 3, device="cuda") for _ in range(2)]
+opts = [CoCD([p], compute_budget=7, memory_budget=50, momentum=0.9, nonfinite="zero")
+        for p in ps]
+f = [lambda p=p: (torch.sin(p) * p).sum() for p in ps]
+step = opts[0].graphed(f[0])  # the step kernels first run inside a capture
+graphed = [step() for _ in range(5)]
+eager = [opts[1].step(f[1]) for _ in range(5)]
+assert all(torch.equal(a, b) for a, b in zip(graphed, eager)), (graphed, eager)
+assert torch.equal(ps[0], ps[1])
+print("same")
+"""
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_graph_captured_before_any_eager_step():
+    """No kernel of the step has run before the capture (lazy module loading)."""
+    run = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "same"
