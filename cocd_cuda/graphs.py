@@ -20,15 +20,23 @@ from .reference import evaluates_blocks
 class GraphedStep:
     """``CoCD.graphed(closure)``: call it with no arguments to take one CoCD step.
 
-    On CUDA the first call captures one step (the closure's evaluations and the
-    optimizer kernels) in a CUDA graph, and each call replays it: the closure's Python
-    code is not run again. So the closure must be capturable (only CUDA tensor ops, no
-    host reads) and must read its data from the same tensors at every call: refill
-    them in place (``inputs.copy_(batch)``). The step is recaptured automatically,
-    before it runs, when a param group's hyperparameters change, when a parameter's
-    storage moves, or when a ``ModelObjective`` is given a new batch by ``set_batch``;
-    ``captures`` counts the captures. Each call returns the step's loss estimate as a
-    fresh 0-dim tensor. Optimizer step hooks do not run for graphed steps.
+    On CUDA a call captures a step (the closure's evaluations and the optimizer
+    kernels) in a CUDA graph the first time it is needed, and replays it: the closure's
+    Python code is not run again. So the closure must be capturable (only CUDA tensor
+    ops, no host reads) and must read its data from the same tensors at every call:
+    refill them in place (``inputs.copy_(batch)``).
+
+    A plain closure gives one graph: its 2B evaluations, point by point. A
+    ``ModelObjective`` with the layered or batched strategy gives one graph per set of
+    parameter tensors a block can lie in (a few per tensor): each evaluates the B (or
+    2B) points of every tensor in its set as one vectorised batch, with the block's
+    coordinates read on the device. The graphs share one memory pool.
+
+    Everything is recaptured, before the step runs, when a param group's
+    hyperparameters change, when a parameter's storage moves, or when a
+    ``ModelObjective`` is given a new batch by ``set_batch``; ``captures`` counts the
+    captures. Each call returns the step's loss estimate as a fresh 0-dim tensor.
+    Optimizer step hooks do not run for graphed steps.
 
     On CPU the same step runs without a graph, so code written for both works on both.
     """
@@ -41,18 +49,22 @@ class GraphedStep:
         self._optimizer = optimizer
         self._closure = closure
         self._check()
-        if evaluates_blocks(closure):
+        engine = optimizer._engine
+        self._by_block = evaluates_blocks(closure) and all(
+            closure.vectorises(p) for p in engine.layout.params
+        )
+        if evaluates_blocks(closure) and not self._by_block:
             warnings.warn(
-                f"CoCD.graphed evaluates this ModelObjective point by point (its "
-                f"'{closure.strategy}' strategy depends on where the block lies, which "
-                "changes from step to step, so it cannot be replayed as one graph)",
+                "CoCD.graphed evaluates this ModelObjective point by point: some parameters "
+                f"are not evaluated by its '{closure.strategy}' strategy",
                 stacklevel=3,
             )
-        engine = optimizer._engine
         self._device = engine.layout.device
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
         self._captured_for = None
-        self._loss: torch.Tensor | None = None
+        self._c = 0  # the block pointer, followed on the host while only replays run
+        self._generation = None
         self.captures = 0
         engine.capturable = True  # from now on replays advance the counters on the device
 
@@ -82,6 +94,21 @@ class GraphedStep:
         """The closure as a plain one, so that the engine evaluates it point by point."""
         return self._closure()
 
+    def _touched(self) -> tuple[int, ...]:
+        """The parameters this step's block lies in (empty: evaluate point by point)."""
+        if not self._by_block:
+            return ()
+        engine = self._optimizer._engine
+        if engine.generation != self._generation:  # counters changed other than by replays
+            self._c, self._generation = engine.c, engine.generation
+        runs = engine.layout.runs(self._c, engine.B)
+        return tuple(dict.fromkeys(run.param for run in runs))
+
+    def _step(self, engine, hyper, touched):
+        if self._by_block:
+            return engine.step(self._closure, hyper, touched)
+        return engine.step(self._point, hyper)
+
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         self._check()  # load_state_dict may have changed nonfinite
@@ -89,8 +116,9 @@ class GraphedStep:
         opt._opt_called = True  # what LR schedulers look for (they wrap opt.step)
         hyper = opt._hyperparameters()
         engine = opt._engine
+        touched = self._touched()
         if self._device.type != "cuda":
-            return engine.step(self._point, hyper)
+            return self._step(engine, hyper, touched)
         with torch.cuda.device(self._device):  # capture and replay on the parameters' GPU
             table = engine._param_table()  # rebuilt outside the capture if a storage moved
             closure = self._closure
@@ -100,18 +128,22 @@ class GraphedStep:
                 getattr(closure, "inputs", None),
                 getattr(closure, "targets", None),
             )
-            if self._graph is None or not _same(key, self._captured_for):
-                self._capture(hyper)
+            if not _same(key, self._captured_for):
+                self._graphs.clear()  # release the old graphs' memory first
+                self._pool = torch.cuda.graph_pool_handle()
                 self._captured_for = key
-            self._graph.replay()
-            return self._loss.clone()
+            if touched not in self._graphs:
+                self._graphs[touched] = self._capture(hyper, touched)
+            graph, loss = self._graphs[touched]
+            graph.replay()
+            self._c = (self._c + engine.B) % engine.layout.n
+            return loss.clone()
 
-    def _capture(self, hyper) -> None:
+    def _capture(self, hyper, touched) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         engine = self._optimizer._engine
-        self._graph = self._loss = None  # release the previous graph's memory first
-        # Warm the closure up on a side stream, as torch.cuda.graph recommends (lazy
-        # library initialisation must not happen during capture), with host syncs made
-        # errors. It only evaluates f(x): the optimizer's state and x are untouched.
+        # Warm up on a side stream, as torch.cuda.graph recommends (lazy library
+        # initialisation must not happen during capture), with host syncs made errors.
+        # It only evaluates f: the optimizer's state and x are untouched.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         mode = torch.cuda.get_sync_debug_mode()
@@ -120,6 +152,8 @@ class GraphedStep:
             with torch.cuda.stream(side):
                 for _ in range(2):
                     value = self._closure()
+                    if touched:
+                        engine._masked_block_losses(self._closure, touched, hyper)
         except RuntimeError as exc:
             if "synchronizing CUDA operation" not in str(exc):
                 raise
@@ -137,11 +171,14 @@ class GraphedStep:
                 "CoCD.graphed needs a closure that returns its loss as a one-element CUDA "
                 f"tensor, got {type(value).__name__}{where}"
             )
+        # The graphs of one GraphedStep share a pool: each only passes data to the next
+        # through buffers allocated outside the graphs, and its one live output (the
+        # loss) is held until it is dropped with the graph.
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss = engine.step(self._point, hyper)
-        self._graph, self._loss = graph, loss
+        with torch.cuda.graph(graph, pool=self._pool):
+            loss = self._step(engine, hyper, touched)
         self.captures += 1
+        return graph, loss
 
 
 def _same(a: tuple, b: tuple | None) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .layout import as_loss
-from .reference import ReferenceEngine, evaluates_blocks
+from .reference import ReferenceEngine, evaluates_blocks, perturbed
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 MAX_GROUPS = 64  # kMaxGroups in csrc/kernels/cocd_kernels.h
@@ -82,6 +82,7 @@ def _counter(index: int, doc: str) -> property:
     def set(self, value: int) -> None:
         self._host[index] = int(value)
         self._counters[index] = int(value)
+        self.generation += 1
 
     return property(get, set, doc=doc)
 
@@ -99,6 +100,9 @@ class NativeEngine(ReferenceEngine):
         self._counters = torch.zeros(3, dtype=torch.int64, device=dev)
         self._host = [0, 0, 0]
         self.capturable = False  # set by CoCD.graphed: the host copy is no longer kept
+        # Bumped whenever the counters change other than by a graph replay (a setter, an
+        # eager step), so that a GraphedStep knows when its own copy of c is stale.
+        self.generation = 0
         super().__init__(layout, compute_budget, memory_budget, central, nonfinite, init_grad)
         # One step moves c by B (mod n), the ring head by B (mod m, FIFO only), t by 1.
         self._advance_by = torch.tensor([B, 0 if self.dense else B, 1], device=dev)
@@ -139,7 +143,10 @@ class NativeEngine(ReferenceEngine):
             self._ptrs = ptrs
         return self._table
 
-    def step(self, closure, hyper):
+    def step(self, closure, hyper, touched: tuple[int, ...] | None = None):
+        """One step. ``touched`` (from a GraphedStep): the parameters the block lies in;
+        the closure then evaluates the points by ``point_losses``, driven by the device
+        counters alone (``_masked_block_losses``)."""
         ops = torch.ops.cocd_cuda
         layout, n = self.layout, self.layout.n
         table = self._param_table()
@@ -147,6 +154,8 @@ class NativeEngine(ReferenceEngine):
         ops.plan_(slots, table, counters, n, [hp.eps for hp in hyper], central)
 
         def local():
+            if touched is not None:
+                return self._masked_block_losses(closure, touched, hyper)
             if evaluates_blocks(closure):
                 return self._block_losses(closure, self.block(hyper))
             evals = range(self._n_eval) if self.share is None else self.share.evals()
@@ -183,10 +192,47 @@ class NativeEngine(ReferenceEngine):
                 [hp.momentum for hp in hyper],
             )
         counters.add_(self._advance_by).remainder_(self._wrap_at)
+        if not (self._is_cuda and torch.cuda.is_current_stream_capturing()):
+            self.generation += 1
         if not self.capturable:
             c, head, t = self._host
             self._host = [(c + self.B) % n, head if self.dense else (head + self.B) % self.m, t + 1]
         return loss
+
+    def _masked_block_losses(self, closure, touched, hyper) -> torch.Tensor:
+        """f at the block's points, by parameter, with shapes independent of the block.
+
+        For each parameter in ``touched`` the closure evaluates all B (or 2B) points;
+        for slots outside that parameter they move its element 0, and are discarded.
+        The block's coordinates come from the device counters, so a CUDA graph of this
+        replays correctly for any block that lies in the same parameters.
+        """
+        layout, central, losses = self.layout, self.central, self._losses
+        with torch.no_grad():
+            acts = closure.begin_points()
+            if not central:
+                losses[0] = closure.unperturbed(acts)
+            coords = (self._counters[0] + self._block_offsets) % layout.n
+            region = losses if central else losses[1:]
+            for index in touched:
+                p, start = layout.params[index], layout.starts[index]
+                inside = (coords >= start) & (coords < start + layout.numels[index])
+                elems = torch.where(inside, coords - start, 0)
+                base = p.reshape(-1)[elems]
+                eps = hyper[layout.param_group[index]].eps
+                plus = perturbed(base, eps).double()  # slots outside p: any point will do
+                if central:
+                    minus = perturbed(base, -eps).double()
+                    values = torch.stack([plus, minus], 1).reshape(-1)
+                    # Each slot twice, in evaluation order (a view and a copy: no host sync).
+                    elems, base, inside = (
+                        t.unsqueeze(1).expand(-1, 2).reshape(-1) for t in (elems, base, inside)
+                    )
+                else:
+                    values = plus
+                f = closure.point_losses(p, elems, values, base.double(), acts)
+                region.copy_(torch.where(inside, f, region))
+        return losses
 
     def _evaluate_in_place(self, closure, table, evals: list[int]) -> None:
         """Call the closure at each point in evals; advance_ perturbs, records, restores."""

@@ -194,10 +194,9 @@ class ModelObjective:
         dev = block.base.device
         losses = torch.empty(n_eval, dtype=torch.float64, device=dev)
         with torch.no_grad():
-            acts = self._activations() if self.strategy == "layered" else None
+            acts = self.begin_points()
             if not block.central:
-                f0 = self.loss_fn(acts[-1], self.targets) if acts is not None else self()
-                losses[0] = f0.detach().reshape(())
+                losses[0] = self.unperturbed(acts)
             for run in block.runs:
                 j0, j1 = run.slot, run.slot + run.length
                 elems = torch.arange(run.offset, run.offset + run.length, device=dev)
@@ -220,20 +219,12 @@ class ModelObjective:
 
     def _run_losses(self, p, elems, offsets, values, base, acts) -> torch.Tensor:
         """f at K points that each set element elems[k] of p to values[k]."""
-        owner = self._owner.get(id(p))
-        if self.strategy == "layered" and owner is not None:
-            return self._chunked(
-                lambda sl: self._layered(owner, elems[sl], values[sl] - base[sl], acts),
-                elems.numel(),
-                self._bytes_from(owner[0], acts) + 8,
-            )
-        if self.strategy in ("batched", "layered") and id(p) in self._names:
+        if self.vectorises(p):
             try:
-                per_point = p.numel() * p.element_size() + self._forward_bytes()
-                return self._chunked(
-                    lambda sl: self._batched(p, elems[sl], values[sl]), elems.numel(), per_point
-                )
+                return self.point_losses(p, elems, values, base, acts)
             except RuntimeError as exc:  # an op without a vmap rule: never a wrong answer
+                if self.strategy == "layered" and id(p) in self._owner:
+                    raise
                 warnings.warn(
                     f"ModelObjective: batched evaluation failed ({exc}); using the sequential "
                     "strategy from now on",
@@ -241,6 +232,40 @@ class ModelObjective:
                 )
                 self.strategy = "sequential"
         return self._sequential(p, offsets, values)
+
+    # ------------------------------------------------- device-driven points (graphs)
+    def vectorises(self, p: torch.Tensor) -> bool:
+        """Whether points that move p are evaluated by the layered or batched strategy."""
+        if self.strategy == "layered" and id(p) in self._owner:
+            return True
+        return self.strategy in ("batched", "layered") and id(p) in self._names
+
+    def begin_points(self) -> list[torch.Tensor] | None:
+        """Per-step work shared by every point: the layered strategy's activations."""
+        return self._activations() if self.strategy == "layered" else None
+
+    def unperturbed(self, acts: list[torch.Tensor] | None) -> torch.Tensor:
+        """f(x), from the activations when there are some."""
+        f0 = self.loss_fn(acts[-1], self.targets) if acts is not None else self()
+        return f0.detach().reshape(())
+
+    def point_losses(self, p, elems, values, base, acts) -> torch.Tensor:
+        """f at K points that each set element elems[k] of p (now base[k]) to values[k].
+
+        Device tensors in, float64 [K] out; the work depends on p and K alone, never on
+        the values, so a CUDA graph can replay it for any block. Needs ``vectorises(p)``.
+        """
+        owner = self._owner.get(id(p))
+        if self.strategy == "layered" and owner is not None:
+            return self._chunked(
+                lambda sl: self._layered(owner, elems[sl], values[sl] - base[sl], acts),
+                elems.numel(),
+                self._bytes_from(owner[0], acts) + 8,
+            )
+        per_point = p.numel() * p.element_size() + self._forward_bytes()
+        return self._chunked(
+            lambda sl: self._batched(p, elems[sl], values[sl]), elems.numel(), per_point
+        )
 
     def _chunked(self, fn, K: int, per_point_bytes: int) -> torch.Tensor:
         chunk = max(1, min(K, self.memory_cap // max(per_point_bytes, 1)))

@@ -156,20 +156,51 @@ def test_graphed_state_dict_resume_and_reset():
     assert_same(pe, eager, pg, resumed)
 
 
-def test_graphed_model_objective_is_evaluated_point_by_point():
-    torch.manual_seed(0)
-    models = [nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    x, y = torch.randn(6, 4), torch.randn(6, 2)
-    eager = CoCD(models[0].parameters(), compute_budget=4, nonfinite="zero", backend="reference")
+def tiny_model(seed=0):
+    """n = 23 in tensors of 12, 3, 6 and 2: a block of 5 can span three of them."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("strategy", ["layered", "batched"])
+def test_graphed_model_objective_evaluates_blocks_like_sequential(mode, strategy):
+    """The device-driven block evaluation (what each graph replays) on CPU."""
+    models = [tiny_model(), tiny_model()]
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    options = dict(lr=0.05, momentum=0.9, eps=1e-3, nonfinite="zero", **MODES[mode])
+    options["memory_budget"] = min(options.get("memory_budget", 23), 23)
+    eager = CoCD(models[0].parameters(), backend="reference", **options)
     f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy="sequential")
-    opt = CoCD(models[1].parameters(), compute_budget=4, nonfinite="zero", backend="native")
-    layered = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy="layered")
-    with pytest.warns(UserWarning, match="point by point"):
-        step = opt.graphed(layered)
-    for _ in range(6):
-        assert torch.equal(eager.step(f), step())
+    opt = CoCD(models[1].parameters(), backend="native", **options)
+    g = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy=strategy)
+    step = opt.graphed(g)
+    touched = set()
+    for _ in range(15):  # 75 coordinates: more than three cycles over n = 23
+        touched.add(step._touched())
+        torch.testing.assert_close(step(), eager.step(f), rtol=1e-12, atol=1e-14)
+    assert {len(t) for t in touched} == {1, 2, 3}  # blocks in one, two and three tensors
+    # Losses differ from sequential's by rounding (about 1e-16), estimates by that over
+    # eps, so parameters end about 1e-13 apart; a wrong point would be 1e-3 off.
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    assert opt.state_dict()["state"]["c"] == eager.state_dict()["state"]["c"] == 75 % 23
+
+
+def test_graphed_model_objective_with_a_foreign_parameter_goes_point_by_point():
+    models = [tiny_model(), tiny_model()]
+    extras = [torch.tensor([0.3, -0.2], dtype=torch.float64) for _ in range(2)]
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    options = dict(compute_budget=4, nonfinite="zero", lr=0.05)
+    eager = CoCD([*models[0].parameters(), extras[0]], backend="reference", **options)
+    f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy="sequential")
+    opt = CoCD([*models[1].parameters(), extras[1]], backend="native", **options)
+    g = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy="layered")
+    with pytest.warns(UserWarning, match="point by point"):
+        step = opt.graphed(g)  # the model does not own `extra`: one point-by-point graph
+    for _ in range(8):
+        assert torch.equal(eager.step(f), step())
+    for a, b in zip(eager.param_groups[0]["params"], opt.param_groups[0]["params"], strict=True):
         assert torch.equal(a, b)
 
 
@@ -267,6 +298,46 @@ def test_cuda_graph_follows_batches_hyperparameters_and_moved_storage():
     assert captures == [1, 1, 1, 2, 2, 3, 3, 4, 5, 6]
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("strategy", ["layered", "batched"])
+def test_cuda_graphs_by_block_follow_eager_steps(strategy):
+    """One graph per set of tensors a block lies in; interleaved eager steps and a
+    resume move the device counters, and the graphs follow them."""
+    models = [tiny_model().cuda(), tiny_model().cuda()]
+    x = torch.randn(6, 4, dtype=torch.float64, device="cuda")
+    y = torch.randn(6, 2, dtype=torch.float64, device="cuda")
+    options = dict(compute_budget=5, lr=0.05, momentum=0.9, eps=1e-3, nonfinite="zero")
+    eager = CoCD(models[0].parameters(), backend="native", **options)
+    f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy=strategy)
+    opt = CoCD(models[1].parameters(), backend="native", **options)
+    g = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy=strategy)
+    step = opt.graphed(g)
+    touched = set()
+    for k in range(40):
+        if k == 12:  # an eager step in between
+            eager.step(f)
+            opt.step(g)
+        if k == 25:  # a resume: the counters are written from a state_dict
+            saved = eager.state_dict()
+            opt.load_state_dict(saved)
+        touched.add(step._touched())
+        torch.testing.assert_close(step(), eager.step(f), rtol=1e-9, atol=1e-12)
+    assert step.captures == len(touched) < 40
+    assert opt.step_count == eager.step_count == 41
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    # Every set captured: from now on a step is one replay, with no host sync.
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(23):
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert step.captures == len(touched)
 
 
 FRESH_PROCESS = """
