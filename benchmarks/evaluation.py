@@ -2,8 +2,8 @@
 
     python -m benchmarks.evaluation [--device cpu|cuda] [--tasks sarcos,mnist] [--out FILE]
 
-Strategies: sequential, batched, layered, and graphed (the sequential path replayed
-from a CUDA graph, ``CoCD.graphed``; on CPU it runs without a graph).
+Strategies: sequential, batched, layered, and graphed-<strategy>: the same replayed
+from CUDA graphs (``CoCD.graphed``; on CPU it runs without a graph).
 Tasks: the SARCOS-size MLP (21-64-64-64-64-7, batch 64, B = 64) and the paper's MNIST
 CNN (batch 128, B = 256). The floor is one forward pass of the unperturbed model over
 2B x batch rows: what evaluating all of a step's points as one batch costs
@@ -53,13 +53,19 @@ def bench_task(name: str, device: str, rounds: int, strategies: list[str]) -> di
         torch.manual_seed(0)
         model = factory().to(device).eval()
         n = sum(p.numel() for p in model.parameters())
-        if strategy == "graphed":  # the sequential path, captured as one CUDA graph
-            obj = cocd_cuda.ModelObjective(model, loss_fn, x, y, strategy="sequential")
+        graphed = strategy.startswith("graphed-")  # e.g. graphed-layered: CoCD.graphed
+        obj = cocd_cuda.ModelObjective(
+            model, loss_fn, x, y, strategy=strategy.removeprefix("graphed-")
+        )
+        if graphed:
             opt = cocd_cuda.CoCD(model.parameters(), **options)
-            cands[strategy] = opt.graphed(obj)
-            cands[strategy]()  # captures
+            step = cands[strategy] = opt.graphed(obj)
+            captured = -1
+            while step.captures != captured:  # cycles until every graph has been captured
+                captured = step.captures
+                for _ in range(-(-n // B)):
+                    step()
             continue
-        obj = cocd_cuda.ModelObjective(model, loss_fn, x, y, strategy=strategy)
         opt = cocd_cuda.CoCD(model.parameters(), **options)
         opt.step(obj)
         cands[strategy] = lambda o=opt, f=obj: o.step(f)
@@ -77,7 +83,7 @@ def bench_task(name: str, device: str, rounds: int, strategies: list[str]) -> di
     # block over all n coordinates. The other strategies cost the same at every step.
     cycle = -(-n // B)
     few = 3 if device == "cpu" and name == "mnist" else cycle
-    reps = {k: cycle if k == "layered" else few for k in cands}
+    reps = {k: cycle if k.endswith("layered") or k.startswith("graphed-") else few for k in cands}
     t = compare(cands, device, reps, rounds)
     seq = t.get("sequential")
     floor_t = t["floor: one forward over 2B x batch rows"]
@@ -100,13 +106,15 @@ def main() -> None:
     parser.add_argument(
         "--strategies",
         default=None,
-        help="default: sequential,batched,layered (and graphed on cuda)",
+        help="default: sequential,batched,layered (and their graphed- forms on cuda)",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     strategies = args.strategies or "sequential,batched,layered" + (
-        ",graphed" if args.device.startswith("cuda") else ""
+        ",graphed-sequential,graphed-batched,graphed-layered"
+        if args.device.startswith("cuda")
+        else ""
     )
     result = {"machine": machine(args.device), "tasks": []}
     print(f"# ModelObjective strategies on {args.device}, torch {torch.__version__}")
