@@ -10,11 +10,14 @@ native ops read the block pointer and ring head from the device counters tensor
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 
 from .reference import evaluates_blocks
+
+_SYNC = "synchronizing CUDA operation"  # torch's error in sync debug mode "error"
 
 
 class GraphedStep:
@@ -63,8 +66,6 @@ class GraphedStep:
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
         self._captured_for = None
-        self._c = 0  # the block pointer, followed on the host while only replays run
-        self._generation = None
         self.captures = 0
         engine.capturable = True  # from now on replays advance the counters on the device
 
@@ -94,20 +95,44 @@ class GraphedStep:
         """The closure as a plain one, so that the engine evaluates it point by point."""
         return self._closure()
 
-    def _touched(self) -> tuple[int, ...]:
-        """The parameters this step's block lies in (empty: evaluate point by point)."""
+    def _block_pointer(self) -> int:
+        """c, followed on the host between replays (shared by every GraphedStep of the
+        engine); read from the device after anything else moved the counters."""
+        engine = self._optimizer._engine
+        generation, c = engine.followed
+        if generation != engine.generation:
+            c = engine.c
+            engine.followed = (engine.generation, c)
+        return c
+
+    def _touched(self, c: int | None = None) -> tuple[int, ...]:
+        """The parameters the block at c lies in (empty: evaluate point by point)."""
         if not self._by_block:
             return ()
         engine = self._optimizer._engine
-        if engine.generation != self._generation:  # counters changed other than by replays
-            self._c, self._generation = engine.c, engine.generation
-        runs = engine.layout.runs(self._c, engine.B)
-        return tuple(dict.fromkeys(run.param for run in runs))
+        runs = engine.layout.runs(self._block_pointer() if c is None else c, engine.B)
+        return tuple(sorted({run.param for run in runs}))
 
     def _step(self, engine, hyper, touched):
-        if self._by_block:
+        if touched:
             return engine.step(self._closure, hyper, touched)
         return engine.step(self._point, hyper)
+
+    def _refresh(self, hyper) -> None:
+        """Drop every graph if what they were captured for changed."""
+        table = self._optimizer._engine._param_table()  # rebuilt here, never in a capture
+        closure = self._closure
+        key = (hyper, table, getattr(closure, "inputs", None), getattr(closure, "targets", None))
+        if not _same(key, self._captured_for):
+            self._graphs.clear()  # release the old graphs' memory first
+            self._pool = torch.cuda.graph_pool_handle()
+            self._captured_for = key
+
+    def _graph_for(self, hyper, touched):
+        if touched not in self._graphs:
+            touched, graph, loss = self._capture(hyper, touched)
+            self._graphs[touched] = (graph, loss)
+        return self._graphs[touched]
 
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
@@ -116,30 +141,42 @@ class GraphedStep:
         opt._opt_called = True  # what LR schedulers look for (they wrap opt.step)
         hyper = opt._hyperparameters()
         engine = opt._engine
-        touched = self._touched()
         if self._device.type != "cuda":
-            return self._step(engine, hyper, touched)
+            return self._step(engine, hyper, self._touched())
         with torch.cuda.device(self._device):  # capture and replay on the parameters' GPU
-            table = engine._param_table()  # rebuilt outside the capture if a storage moved
-            closure = self._closure
-            key = (
-                hyper,
-                table,
-                getattr(closure, "inputs", None),
-                getattr(closure, "targets", None),
-            )
-            if not _same(key, self._captured_for):
-                self._graphs.clear()  # release the old graphs' memory first
-                self._pool = torch.cuda.graph_pool_handle()
-                self._captured_for = key
-            if touched not in self._graphs:
-                self._graphs[touched] = self._capture(hyper, touched)
-            graph, loss = self._graphs[touched]
+            self._refresh(hyper)
+            c = self._block_pointer()
+            graph, loss = self._graph_for(hyper, self._touched(c))
             graph.replay()
-            self._c = (self._c + engine.B) % engine.layout.n
+            engine.followed = (engine.generation, (c + engine.B) % engine.layout.n)
             return loss.clone()
 
-    def _capture(self, hyper, touched) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    @torch.no_grad()
+    def capture_all(self) -> None:
+        """Capture now every graph the coming steps can need, rather than on first use.
+
+        Graphs are captured as blocks reach new sets of tensors; this does all of them
+        at once (it takes no step), so that later calls only replay. On CPU it does
+        nothing.
+        """
+        if self._device.type != "cuda":
+            return
+        hyper = self._optimizer._hyperparameters()
+        engine = self._optimizer._engine
+        n, B = engine.layout.n, engine.B
+        with torch.cuda.device(self._device):
+            self._refresh(hyper)
+            c = self._block_pointer()
+            period = n // math.gcd(n, B)  # the block pointer cycles through these values
+            for touched in dict.fromkeys(self._touched((c + k * B) % n) for k in range(period)):
+                self._graph_for(hyper, touched)
+
+    def _capture(self, hyper, touched):
+        """Warm up, then capture one step; returns (touched, graph, loss).
+
+        If the by-block evaluation fails (say, an op without a vmap rule), the step is
+        captured point by point instead, and stays so.
+        """
         engine = self._optimizer._engine
         # Warm up on a side stream, as torch.cuda.graph recommends (lazy library
         # initialisation must not happen during capture), with host syncs made errors.
@@ -153,9 +190,20 @@ class GraphedStep:
                 for _ in range(2):
                     value = self._closure()
                     if touched:
-                        engine._masked_block_losses(self._closure, touched, hyper)
+                        try:
+                            engine._masked_block_losses(self._closure, touched, hyper)
+                        except RuntimeError as exc:
+                            if _SYNC in str(exc):
+                                raise
+                            warnings.warn(
+                                f"CoCD.graphed: evaluating by block failed ({exc}); "
+                                "evaluating point by point from now on",
+                                stacklevel=4,
+                            )
+                            self._by_block, touched = False, ()
+                            self._graphs.clear()
         except RuntimeError as exc:
-            if "synchronizing CUDA operation" not in str(exc):
+            if _SYNC not in str(exc):
                 raise
             raise RuntimeError(
                 "CoCD.graphed: the closure cannot be captured in a CUDA graph, because it "
@@ -178,7 +226,7 @@ class GraphedStep:
         with torch.cuda.graph(graph, pool=self._pool):
             loss = self._step(engine, hyper, touched)
         self.captures += 1
-        return graph, loss
+        return touched, graph, loss
 
 
 def _same(a: tuple, b: tuple | None) -> bool:

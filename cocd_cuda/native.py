@@ -103,6 +103,7 @@ class NativeEngine(ReferenceEngine):
         # Bumped whenever the counters change other than by a graph replay (a setter, an
         # eager step), so that a GraphedStep knows when its own copy of c is stale.
         self.generation = 0
+        self.followed = (-1, 0)  # (generation, c): c as graph replays have moved it
         super().__init__(layout, compute_budget, memory_budget, central, nonfinite, init_grad)
         # One step moves c by B (mod n), the ring head by B (mod m, FIFO only), t by 1.
         self._advance_by = torch.tensor([B, 0 if self.dense else B, 1], device=dev)

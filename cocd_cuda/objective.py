@@ -277,7 +277,9 @@ class ModelObjective:
         if self._loss_vmappable:
             try:
                 return vmap(lambda o: self.loss_fn(o, self.targets))(outputs)
-            except RuntimeError:
+            except RuntimeError as exc:
+                if "synchronizing CUDA operation" in str(exc):  # CoCD.graphed's check
+                    raise
                 self._loss_vmappable = False
         return torch.stack([self.loss_fn(o, self.targets) for o in outputs])
 

@@ -190,17 +190,18 @@ class CoCD(torch.optim.Optimizer):
         return self._engine.step(closure, self._hyperparameters())
 
     def graphed(self, closure) -> GraphedStep:
-        """A callable that takes one step of ``closure`` per call, replayed from a CUDA graph.
+        """A callable that takes one step of ``closure`` per call, replayed from CUDA graphs.
 
-        ``step = opt.graphed(closure)``, then ``loss = step()`` once per step. The
-        first call captures a whole step (the closure's 2B evaluations and the
-        optimizer kernels); later calls replay it with one launch and never read the
-        device on the host. The results are those of ``opt.step(closure)``, bit for bit.
-        It needs the native backend and ``nonfinite="zero"``, and a closure made of CUDA
-        tensor ops that reads its batch from the same tensors at every call (refill
-        them in place). A ``ModelObjective`` is evaluated point by point here. Changed
-        hyperparameters, moved parameters or a new ``set_batch`` batch trigger a new
-        capture. On CPU it runs the same step without a graph. See ``GraphedStep``.
+        ``step = opt.graphed(closure)``, then ``loss = step()`` once per step. Steps are
+        captured in CUDA graphs when first needed and replayed after that, without host
+        reads. A plain closure gives one graph of its 2B evaluations; a layered or
+        batched ``ModelObjective`` gives one graph per set of tensors a block can lie
+        in, each evaluating the points by block. Results agree with
+        ``opt.step(closure)`` up to rounding. It needs the native backend and
+        ``nonfinite="zero"``, and a closure made of CUDA tensor ops that reads its
+        batch from the same tensors at every call (refill them in place). Changed
+        hyperparameters, moved parameters or a new ``set_batch`` batch trigger new
+        captures. On CPU it runs the same step without a graph. See ``GraphedStep``.
         """
         return GraphedStep(self, closure)
 

@@ -239,7 +239,7 @@ def test_cuda_graph_replays_equal_eager_steps(mode, split):
     (pe, eager, f), (pg, opt, step) = pair("cuda", MODES[mode], split, eager_backend="native")
     for _ in range(20):
         assert torch.equal(eager.step(f), step())
-    assert step._graph is not None  # replayed from a graph, not run eagerly
+    assert step.captures == len(step._graphs) == 1  # replayed from one graph
     assert_same(pe, eager, pg, opt)
 
 
@@ -315,6 +315,10 @@ def test_cuda_graphs_by_block_follow_eager_steps(strategy):
     opt = CoCD(models[1].parameters(), backend="native", **options)
     g = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy=strategy)
     step = opt.graphed(g)
+    # Tensors of 12, 3, 6, 2 (boundaries 12, 15, 21, 23): windows of 5 lie in (0), (0,1),
+    # (0,1,2), (1,2), (2), (2,3), (2,3,0) or (3,0); B = 5 and n = 23 visit every c.
+    step.capture_all()
+    assert step.captures == 8
     touched = set()
     for k in range(40):
         if k == 12:  # an eager step in between
@@ -325,7 +329,7 @@ def test_cuda_graphs_by_block_follow_eager_steps(strategy):
             opt.load_state_dict(saved)
         touched.add(step._touched())
         torch.testing.assert_close(step(), eager.step(f), rtol=1e-9, atol=1e-12)
-    assert step.captures == len(touched) < 40
+    assert step.captures == len(touched) == 8  # all captured up front
     assert opt.step_count == eager.step_count == 41
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
@@ -337,7 +341,28 @@ def test_cuda_graphs_by_block_follow_eager_steps(strategy):
             step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert step.captures == len(touched)
+    assert step.captures == 8
+
+
+@pytest.mark.cuda
+@needs_gpu
+def test_cuda_two_graphed_steps_on_one_optimizer_take_turns():
+    """Two batches in two sets of captured tensors: each GraphedStep sees where the
+    other's replays left the block pointer."""
+    models = [tiny_model().cuda(), tiny_model().cuda()]
+    data = [(torch.randn(6, 4, dtype=torch.float64, device="cuda"),
+             torch.randn(6, 2, dtype=torch.float64, device="cuda")) for _ in range(2)]  # fmt: skip
+    options = dict(compute_budget=5, lr=0.05, eps=1e-3, nonfinite="zero", backend="native")
+    eager = CoCD(models[0].parameters(), **options)
+    fs = [ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy="layered")
+          for x, y in data]  # fmt: skip
+    opt = CoCD(models[1].parameters(), **options)
+    steps = [opt.graphed(ModelObjective(models[1], nn.functional.mse_loss, x.clone(), y.clone(),
+                                        strategy="layered")) for x, y in data]  # fmt: skip
+    for k in range(30):
+        torch.testing.assert_close(steps[k % 2](), eager.step(fs[k % 2]), rtol=1e-9, atol=1e-12)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
 FRESH_PROCESS = """
