@@ -25,12 +25,12 @@ step() {  # step NAME SECONDS COMMAND...: run (at most SECONDS), log to $OUT/NAM
 }
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 git rev-parse HEAD >"$OUT/commit.txt" 2>/dev/null || true
-step build 180 pip install --no-build-isolation --no-deps -e .
+step build 150 pip install --no-build-isolation --no-deps -e .
 step pytest-cuda 90 python -m pytest -m cuda -v -rs
-step pytest-native 90 python -m pytest tests/test_native.py tests/test_graphs.py -m "not cuda" -q -rs
-step kernels 80 python -m benchmarks.kernels --device cuda --sizes 1e4,1e5,1e6,8e6,3.2e7 \
+step pytest-native 60 python -m pytest tests/test_native.py tests/test_graphs.py -m "not cuda" -q -rs
+step kernels 60 python -m benchmarks.kernels --device cuda --sizes 1e4,1e5,1e6,8e6,3.2e7 \
   --out "$OUT/kernels-cuda.json"
-step evaluation 80 python -m benchmarks.evaluation --device cuda --out "$OUT/evaluation-cuda.json"
+step evaluation 150 python -m benchmarks.evaluation --device cuda --out "$OUT/evaluation-cuda.json"
 if [ -d _device/data ]; then
   COCD_DATA=_device/data step mnist 60 python -m benchmarks.paper --task mnist --device cuda \
     --optimizers cocd,sgd --epochs 1 --no-progress --out "$OUT"
