@@ -101,7 +101,8 @@ class NativeEngine(ReferenceEngine):
         self._host = [0, 0, 0]
         self.capturable = False  # set by CoCD.graphed: the host copy is no longer kept
         # Bumped whenever the counters change other than by a graph replay (a setter, an
-        # eager step), so that a GraphedStep knows when its own copy of c is stale.
+        # eager step). Graphed steps follow c on the host in `followed`, valid while its
+        # generation is the current one.
         self.generation = 0
         self.followed = (-1, 0)  # (generation, c): c as graph replays have moved it
         super().__init__(layout, compute_budget, memory_budget, central, nonfinite, init_grad)
