@@ -162,14 +162,17 @@ class GraphedStep:
         if self._device.type != "cuda":
             return
         hyper = self._optimizer._hyperparameters()
-        engine = self._optimizer._engine
-        n, B = engine.layout.n, engine.B
         with torch.cuda.device(self._device):
             self._refresh(hyper)
-            c = self._block_pointer()
-            period = n // math.gcd(n, B)  # the block pointer cycles through these values
-            for touched in dict.fromkeys(self._touched((c + k * B) % n) for k in range(period)):
+            for touched in self._tensor_sets():
                 self._graph_for(hyper, touched)
+
+    def _tensor_sets(self) -> list[tuple[int, ...]]:
+        """Every value of ``_touched`` from here on: c cycles through c0 + kB (mod n)."""
+        engine = self._optimizer._engine
+        n, B, c = engine.layout.n, engine.B, self._block_pointer()
+        period = n // math.gcd(n, B)
+        return list(dict.fromkeys(self._touched((c + k * B) % n) for k in range(period)))
 
     def _capture(self, hyper, touched):
         """Warm up, then capture one step; returns (touched, graph, loss).

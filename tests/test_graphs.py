@@ -180,6 +180,10 @@ def test_graphed_model_objective_evaluates_blocks_like_sequential(mode, strategy
         touched.add(step._touched())
         torch.testing.assert_close(step(), eager.step(f), rtol=1e-12, atol=1e-14)
     assert {len(t) for t in touched} == {1, 2, 3}  # blocks in one, two and three tensors
+    # Tensors of 12, 3, 6, 2 (boundaries 12, 15, 21, 23): windows of 5 lie in these sets,
+    # and B = 5, n = 23 visit every c, so capture_all would capture exactly these.
+    expected = {(0,), (0, 1), (0, 1, 2), (1, 2), (2,), (2, 3), (0, 2, 3), (0, 3)}
+    assert touched < expected and set(step._tensor_sets()) == expected
     # Losses differ from sequential's by rounding (about 1e-16), estimates by that over
     # eps, so parameters end about 1e-13 apart; a wrong point would be 1e-3 off.
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
@@ -315,9 +319,7 @@ def test_cuda_graphs_by_block_follow_eager_steps(strategy):
     opt = CoCD(models[1].parameters(), backend="native", **options)
     g = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy=strategy)
     step = opt.graphed(g)
-    # Tensors of 12, 3, 6, 2 (boundaries 12, 15, 21, 23): windows of 5 lie in (0), (0,1),
-    # (0,1,2), (1,2), (2), (2,3), (2,3,0) or (3,0); B = 5 and n = 23 visit every c.
-    step.capture_all()
+    step.capture_all()  # the 8 sets of test_graphed_model_objective_evaluates_blocks_...
     assert step.captures == 8
     touched = set()
     for k in range(40):
