@@ -232,6 +232,11 @@ def test_ops_reject_counters_out_of_range():
 
 # ----------------------------------------------------------------------- CUDA
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# Tests of graph behaviour that also run on CPU (no graph there), so that their logic is
+# checked everywhere; what only a graph can show is asserted on CUDA alone.
+CPU_AND_GPU = pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_gpu])]
+)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -262,13 +267,13 @@ def test_cuda_graph_replay_never_synchronises():
     assert opt.step_count == 6
 
 
-@pytest.mark.cuda
-@needs_gpu
-def test_cuda_graph_follows_batches_hyperparameters_and_moved_storage():
+@CPU_AND_GPU
+def test_graph_follows_batches_hyperparameters_and_moved_storage(device):
     torch.manual_seed(0)
-    models = [nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 1)).cuda() for _ in range(2)]
+    models = [nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 1)).to(device)
+              for _ in range(2)]  # fmt: skip
     models[1].load_state_dict(models[0].state_dict())
-    batches = [(torch.randn(16, 5, device="cuda"), torch.randn(16, 1, device="cuda"))
+    batches = [(torch.randn(16, 5, device=device), torch.randn(16, 1, device=device))
                for _ in range(4)]  # fmt: skip
     x, y = batches[0][0].clone(), batches[0][1].clone()
     options = dict(compute_budget=8, lr=0.05, momentum=0.9, nonfinite="zero", backend="native")
@@ -299,20 +304,20 @@ def test_cuda_graph_follows_batches_hyperparameters_and_moved_storage():
         # a stale batch, learning rate or parameter address would be far off.
         torch.testing.assert_close(step(), eager.step(f), rtol=1e-5, atol=1e-7)
         captures.append(step.captures)
-    assert captures == [1, 1, 1, 2, 2, 3, 3, 4, 5, 6]
+    if device == "cuda":
+        assert captures == [1, 1, 1, 2, 2, 3, 3, 4, 5, 6]
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.cuda
-@needs_gpu
+@CPU_AND_GPU
 @pytest.mark.parametrize("strategy", ["layered", "batched"])
-def test_cuda_graphs_by_block_follow_eager_steps(strategy):
+def test_graphs_by_block_follow_eager_steps(strategy, device):
     """One graph per set of tensors a block lies in; interleaved eager steps and a
     resume move the device counters, and the graphs follow them."""
-    models = [tiny_model().cuda(), tiny_model().cuda()]
-    x = torch.randn(6, 4, dtype=torch.float64, device="cuda")
-    y = torch.randn(6, 2, dtype=torch.float64, device="cuda")
+    models = [tiny_model().to(device), tiny_model().to(device)]
+    x = torch.randn(6, 4, dtype=torch.float64, device=device)
+    y = torch.randn(6, 2, dtype=torch.float64, device=device)
     options = dict(compute_budget=5, lr=0.05, momentum=0.9, eps=1e-3, nonfinite="zero")
     eager = CoCD(models[0].parameters(), backend="native", **options)
     f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy=strategy)
@@ -320,7 +325,7 @@ def test_cuda_graphs_by_block_follow_eager_steps(strategy):
     g = ModelObjective(models[1], nn.functional.mse_loss, x, y, strategy=strategy)
     step = opt.graphed(g)
     step.capture_all()  # the 8 sets of test_graphed_model_objective_evaluates_blocks_...
-    assert step.captures == 8
+    assert step.captures == (8 if device == "cuda" else 0)
     touched = set()
     for k in range(40):
         if k == 12:  # an eager step in between
@@ -331,11 +336,14 @@ def test_cuda_graphs_by_block_follow_eager_steps(strategy):
             opt.load_state_dict(saved)
         touched.add(step._touched())
         torch.testing.assert_close(step(), eager.step(f), rtol=1e-9, atol=1e-12)
-    assert step.captures == len(touched) == 8  # all captured up front
+    assert len(touched) == 8
     assert opt.step_count == eager.step_count == 41
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
-    # Every set captured: from now on a step is one replay, with no host sync.
+    if device != "cuda":
+        return
+    assert step.captures == 8  # all captured up front
+    # From now on a step is one replay, with no host sync.
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -346,14 +354,13 @@ def test_cuda_graphs_by_block_follow_eager_steps(strategy):
     assert step.captures == 8
 
 
-@pytest.mark.cuda
-@needs_gpu
-def test_cuda_two_graphed_steps_on_one_optimizer_take_turns():
+@CPU_AND_GPU
+def test_two_graphed_steps_on_one_optimizer_take_turns(device):
     """Two batches in two sets of captured tensors: each GraphedStep sees where the
     other's replays left the block pointer."""
-    models = [tiny_model().cuda(), tiny_model().cuda()]
-    data = [(torch.randn(6, 4, dtype=torch.float64, device="cuda"),
-             torch.randn(6, 2, dtype=torch.float64, device="cuda")) for _ in range(2)]  # fmt: skip
+    models = [tiny_model().to(device), tiny_model().to(device)]
+    data = [(torch.randn(6, 4, dtype=torch.float64, device=device),
+             torch.randn(6, 2, dtype=torch.float64, device=device)) for _ in range(2)]  # fmt: skip
     options = dict(compute_budget=5, lr=0.05, eps=1e-3, nonfinite="zero", backend="native")
     eager = CoCD(models[0].parameters(), **options)
     fs = [ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy="layered")
@@ -371,7 +378,8 @@ FRESH_PROCESS = """
 import torch
 from cocd_cuda import CoCD
 torch.manual_seed(0)
-ps = [torch.randn(40, 3, device="cuda") for _ in range(2)]
+start = torch.randn(40, 3, device="cuda")
+ps = [start.clone(), start.clone()]
 opts = [CoCD([p], compute_budget=7, memory_budget=50, momentum=0.9, nonfinite="zero")
         for p in ps]
 f = [lambda p=p: (torch.sin(p) * p).sum() for p in ps]
