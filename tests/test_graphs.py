@@ -1,5 +1,6 @@
 """CoCD.graphed: the capturable step (device counters), and on a GPU the CUDA graph."""
 
+import contextlib
 import subprocess
 import sys
 import warnings
@@ -239,6 +240,17 @@ CPU_AND_GPU = pytest.mark.parametrize(
 )
 
 
+@contextlib.contextmanager
+def host_syncs_raise():
+    """Inside, any CUDA operation that synchronises with the host raises RuntimeError."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("split", [False, True], ids=["one-group", "two-groups"])
 @pytest.mark.cuda
@@ -257,13 +269,9 @@ def test_cuda_graph_replays_equal_eager_steps(mode, split):
 def test_cuda_graph_replay_never_synchronises():
     (_, _, _), (_, opt, step) = pair("cuda", MODES["fifo-central"])
     step()  # captures
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with host_syncs_raise():
         for _ in range(5):
             step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert opt.step_count == 6
 
 
@@ -343,14 +351,9 @@ def test_graphs_by_block_follow_eager_steps(strategy, device):
     if device != "cuda":
         return
     assert step.captures == 8  # all captured up front
-    # From now on a step is one replay, with no host sync.
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with host_syncs_raise():  # from now on a step is one replay, with no host sync
         for _ in range(23):
             step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert step.captures == 8
 
 
