@@ -92,6 +92,45 @@ def test_native_matches_reference_every_step(config, dtype, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("config", ["dense-central", "fifo-forward", "fifo-momentum-wd"])
+def test_cpu_host_evaluation_equals_the_advance_op(config, dtype):
+    """On CPU the step writes plan_'s bits from Python; advance_ (what CUDA runs) must
+    give the same parameters, buffer and losses, bit for bit."""
+    runs = []
+    for host in (True, False):
+        params = make_params([(3, 4), (5,), (2, 1, 3), ()], dtype, "cpu")
+        opt = CoCD(params, backend="native", lr=0.05, eps=0.01, **CONFIGS[config])
+        opt._engine.host_evaluation = host
+        runs.append((params, opt, objective(params)))
+    (p_host, o_host, f_host), (p_op, o_op, f_op) = runs
+    for _ in range(7):
+        assert torch.equal(o_host.step(f_host), o_op.step(f_op))
+        assert all(torch.equal(a, b) for a, b in zip(p_host, p_op, strict=True))
+        assert torch.equal(o_host._engine.v, o_op._engine.v)
+
+
+@pytest.mark.parametrize("host", [True, False], ids=["host", "advance_"])
+@pytest.mark.parametrize("central", [True, False], ids=["central", "forward"])
+def test_cpu_evaluation_restores_the_bits_when_the_closure_raises(host, central):
+    params = make_params([(3, 4), (5,)], torch.bfloat16, "cpu")
+    before = [p.view(torch.int16).clone() for p in params]
+    opt = CoCD(params, compute_budget=5, central_difference=central, backend="native")
+    opt._engine.host_evaluation = host
+    f, calls = objective(params), []
+
+    def failing():
+        calls.append(1)
+        if len(calls) == 6:  # with a coordinate perturbed
+            raise KeyError("closure failed")
+        return f()
+
+    with pytest.raises(KeyError, match="closure failed"):
+        opt.step(failing)
+    assert all(torch.equal(p.view(torch.int16), b) for p, b in zip(params, before, strict=True))
+    assert opt.step_count == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("mode", ["dense", "fifo"])
 def test_native_matches_reference_with_param_groups(mode, dtype, device):
     groups = [
