@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -71,3 +72,13 @@ def machine(device: str) -> dict:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def write_result(result: dict, out: str | None, default_name: str) -> str:
+    """Write a benchmark's JSON to out (default: benchmarks/results/default_name)."""
+    out = out or os.path.join(RESULTS, default_name)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"\nwrote {out}")
+    return out

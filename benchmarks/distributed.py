@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 import cocd_cuda
 
-from .common import RESULTS, machine
+from .common import RESULTS, machine, write_result
 from .evaluation import task_inputs
 
 CASES = [("sarcos", "sequential", 60), ("sarcos", "layered", 450), ("mnist", "layered", 81)]
@@ -85,10 +85,7 @@ def main() -> None:
             result["cases"].append(row)
             print(f"{task:>7} {strategy:>10} {world:>5} {r['seconds_per_step'] * 1e3:>9.2f} "
                   f"{row['speedup']:>7.2f}x {cocd_bytes:>15,} {sgd_bytes:>20,}")  # fmt: skip
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"\nwrote {args.out}")
+    write_result(result, args.out, "distributed-cpu.json")
 
 
 if __name__ == "__main__":

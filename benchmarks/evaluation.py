@@ -14,15 +14,13 @@ Writes JSON to benchmarks/results/evaluation-<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import torch
 from torch import nn
 
 import cocd_cuda
 
-from .common import RESULTS, compare, machine
+from .common import compare, machine, write_result
 from .models import mnist_cnn, sarcos_mlp
 
 TASKS = {
@@ -126,11 +124,7 @@ def main() -> None:
         for k, s in r["seconds_per_step"].items():
             speed = r["speedup_vs_sequential"][k] if r["speedup_vs_sequential"] else float("nan")
             print(f"{k:>42} {s * 1e3:>9.2f} {speed:>7.1f}x {r['x_floor'][k]:>8.2f}")
-    out = args.out or os.path.join(RESULTS, f"evaluation-{args.device}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"\nwrote {out}")
+    write_result(result, args.out, f"evaluation-{args.device}.json")
 
 
 if __name__ == "__main__":

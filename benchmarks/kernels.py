@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
 
 import torch
 from torch import nn
@@ -22,7 +20,7 @@ from torch import nn
 import cocd_cuda
 from cocd_cuda.reference import GroupHyper
 
-from .common import RESULTS, compare, machine
+from .common import compare, machine, write_result
 
 
 def reps_for(n: int, device: str) -> int:
@@ -228,11 +226,7 @@ def main() -> None:
         extra = r["overhead_vs_closures"][k] * 100
         print(f"{k:>30} {s * 1e3:>8.3f} ms  ({extra:+.1f}% vs closures)")
 
-    out = args.out or os.path.join(RESULTS, f"kernels-{dev}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"\nwrote {out}")
+    write_result(result, args.out, f"kernels-{dev}.json")
 
 
 if __name__ == "__main__":
