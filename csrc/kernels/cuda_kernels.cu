@@ -1,6 +1,8 @@
 // CoCD CUDA kernels (no torch). Every launcher takes the caller's stream and returns
 // the launch's error; none synchronises. Arithmetic uses the _rn intrinsics so that no
 // multiply-add is fused: each product is rounded on its own, as in the reference.
+// The tests also build this file as C++ against HIP-CPU, which runs the kernels on the
+// CPU (cmake -DCOCD_CUDA_ON_CPU=ON); every launch therefore goes through launch().
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +16,24 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+
+template <typename T>
+struct Exactly {  // a non-deduced parameter: arguments convert as in a plain call
+  using type = T;
+};
+
+// kernel<<<blocks, threads, 0, stream>>>(args...), in a form HIP-CPU accepts too.
+template <typename... Params>
+void launch(void (*kernel)(Params...), int blocks, int threads, cudaStream_t stream,
+            typename Exactly<Params>::type... args) {
+#if defined(__HIP_CPU_RT__)
+  hipLaunchKernelGGL(kernel, dim3(blocks), dim3(threads), 0, stream, args...);
+#else
+  // clang-format off
+  kernel<<<blocks, threads, 0, stream>>>(args...);
+  // clang-format on
+#endif
+}
 
 int blocks_for(int64_t work) {
   // Enough blocks to fill any current GPU several times over; grid-stride loops do the rest.
@@ -64,7 +84,7 @@ __global__ void finite_difference_kernel(acc_t* g, acc_t* loss_out, int32_t* bad
   partial[threadIdx.x] = total;
   if (my_bad) atomicAdd(&n_bad, my_bad);
   __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+  for (unsigned stride = kThreads / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
     __syncthreads();
   }
@@ -134,26 +154,26 @@ template <typename codec, typename acc_t>
 void launch_dense(void* x, acc_t* v, int64_t len, int64_t first, const acc_t* g,
                   const int64_t* counters, int64_t n, int64_t B, double lr, double wd,
                   double momentum, cudaStream_t stream) {
-  dense_kernel<codec, acc_t><<<blocks_for(len), kThreads, 0, stream>>>(
-      static_cast<typename codec::storage*>(x), v, len, first, g, counters, n, B,
-      static_cast<acc_t>(1.0 - lr * wd), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
-      momentum != 1.0, wd != 0.0);
+  launch(dense_kernel<codec, acc_t>, blocks_for(len), kThreads, stream,
+         static_cast<typename codec::storage*>(x), v, len, first, g, counters, n, B,
+         static_cast<acc_t>(1.0 - lr * wd), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
+         momentum != 1.0, wd != 0.0);
 }
 
 }  // namespace
 
 cudaError_t plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, const int64_t* counters,
                  int64_t n, const GroupParams& groups, bool central, cudaStream_t stream) {
-  plan_kernel<<<blocks_for(B), kThreads, 0, stream>>>(slots, B, table, P, counters, n, groups,
-                                                      central);
+  launch(plan_kernel, blocks_for(B), kThreads, stream, slots, B, table, P, counters, n, groups,
+         central);
   return cudaGetLastError();
 }
 
 cudaError_t advance(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
                     const void* loss, DType loss_dtype, int64_t from, int64_t to, bool central,
                     cudaStream_t stream) {
-  advance_kernel<<<1, 1, 0, stream>>>(losses, n_eval, slots, table, loss, loss_dtype, from, to,
-                                      central);
+  launch(advance_kernel, 1, 1, stream, losses, n_eval, slots, table, loss, loss_dtype, from, to,
+         central);
   return cudaGetLastError();
 }
 
@@ -161,8 +181,8 @@ template <typename acc_t>
 cudaError_t finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
                               const Slot* slots, int64_t B, bool central, bool zero_nonfinite,
                               cudaStream_t stream) {
-  finite_difference_kernel<acc_t>
-      <<<1, kThreads, 0, stream>>>(g, loss_out, bad, losses, slots, B, central, zero_nonfinite);
+  launch(finite_difference_kernel<acc_t>, 1, kThreads, stream, g, loss_out, bad, losses, slots, B,
+         central, zero_nonfinite);
   return cudaGetLastError();
 }
 
@@ -194,8 +214,8 @@ template <typename acc_t, typename coord_t>
 cudaError_t fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                         const ParamRef* table, int64_t P, const int64_t* counters, int64_t n,
                         const GroupParams& groups, cudaStream_t stream) {
-  fifo_kernel<acc_t><<<blocks_for(m), kThreads, 0, stream>>>(coords, vals, m, g, B, table, P,
-                                                             counters, n, groups);
+  launch(fifo_kernel<acc_t, coord_t>, blocks_for(m), kThreads, stream, coords, vals, m, g, B, table,
+         P, counters, n, groups);
   return cudaGetLastError();
 }
 
@@ -206,19 +226,16 @@ cudaError_t perturb_batch(void* out, const void* x, DType dtype, int64_t numel,
   switch (dtype) {
     case kHalf:
     case kBFloat16:
-      perturb_batch_kernel<uint16_t><<<blocks, kThreads, 0, stream>>>(
-          static_cast<uint16_t*>(out), static_cast<const uint16_t*>(x), dtype, numel, index, delta,
-          K);
+      launch(perturb_batch_kernel<uint16_t>, blocks, kThreads, stream, static_cast<uint16_t*>(out),
+             static_cast<const uint16_t*>(x), dtype, numel, index, delta, K);
       break;
     case kFloat:
-      perturb_batch_kernel<uint32_t><<<blocks, kThreads, 0, stream>>>(
-          static_cast<uint32_t*>(out), static_cast<const uint32_t*>(x), dtype, numel, index, delta,
-          K);
+      launch(perturb_batch_kernel<uint32_t>, blocks, kThreads, stream, static_cast<uint32_t*>(out),
+             static_cast<const uint32_t*>(x), dtype, numel, index, delta, K);
       break;
     default:
-      perturb_batch_kernel<uint64_t><<<blocks, kThreads, 0, stream>>>(
-          static_cast<uint64_t*>(out), static_cast<const uint64_t*>(x), dtype, numel, index, delta,
-          K);
+      launch(perturb_batch_kernel<uint64_t>, blocks, kThreads, stream, static_cast<uint64_t*>(out),
+             static_cast<const uint64_t*>(x), dtype, numel, index, delta, K);
   }
   return cudaGetLastError();
 }
