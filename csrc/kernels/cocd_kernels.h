@@ -53,6 +53,13 @@ struct GroupParams {
   double momentum[kMaxGroups];
 };
 
+// The central-difference loss estimate is the mean of the B values (f+ + f-)/2, summed
+// in one order on every device so that CPU and CUDA agree bit for bit: value j is added,
+// in order of j, to lane j mod kSumLanes (starting from 0.0), then the lanes are summed
+// as a tree, lane t += lane t + s for s = kSumLanes/2, ..., 2, 1; lane 0 holds the sum.
+// The CUDA kernel runs one thread per lane.
+constexpr int kSumLanes = 256;
+
 // Evaluation k of a step: which slot it perturbs and in which direction.
 // Central: k = 2j is x_j + eps, k = 2j + 1 is x_j - eps. Forward: k = 0 is f(x) and
 // k = j + 1 is x_j + eps. Returns -1 for "no perturbation" (and for k outside [0, E)).

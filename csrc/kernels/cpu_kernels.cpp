@@ -107,7 +107,7 @@ template <typename acc_t>
 void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
                        const Slot* slots, int64_t B, bool central, bool zero_nonfinite) {
   int32_t n_bad = 0;
-  double total = 0.0;
+  double lanes[kSumLanes] = {};  // the summation order of cocd_kernels.h
   for (int64_t j = 0; j < B; ++j) {
     const double fp = central ? losses[2 * j] : losses[j + 1];
     const double fm = central ? losses[2 * j + 1] : losses[0];
@@ -119,9 +119,12 @@ void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* lo
       if (zero_nonfinite) gj = acc_t(0);
     }
     g[j] = gj;
-    if (central) total += (fp + fm) / 2;
+    if (central) lanes[j % kSumLanes] += (fp + fm) / 2;
   }
-  *loss_out = static_cast<acc_t>(central ? total / static_cast<double>(B) : losses[0]);
+  for (int s = kSumLanes / 2; s > 0; s /= 2) {
+    for (int t = 0; t < s; ++t) lanes[t] += lanes[t + s];
+  }
+  *loss_out = static_cast<acc_t>(central ? lanes[0] / static_cast<double>(B) : losses[0]);
   *bad = n_bad;
 }
 

@@ -56,13 +56,13 @@ __global__ void advance_kernel(double* losses, int64_t n_eval, const Slot* slots
   advance_eval(losses, n_eval, slots, table, loss, loss_dtype, from, to, central);
 }
 
-// One block: estimates in a strided loop, then a fixed-order tree sum of the loss
-// estimate, so the result does not depend on scheduling.
+// One block of kSumLanes threads: estimates in a strided loop, then the loss estimate
+// summed in the order cocd_kernels.h defines (the CPU kernel's), whatever the scheduling.
 template <typename acc_t>
 __global__ void finite_difference_kernel(acc_t* g, acc_t* loss_out, int32_t* bad,
                                          const double* losses, const Slot* slots, int64_t B,
                                          bool central, bool zero_nonfinite) {
-  __shared__ double partial[kThreads];
+  __shared__ double partial[kSumLanes];
   __shared__ int32_t n_bad;
   if (threadIdx.x == 0) n_bad = 0;
   __syncthreads();
@@ -84,7 +84,7 @@ __global__ void finite_difference_kernel(acc_t* g, acc_t* loss_out, int32_t* bad
   partial[threadIdx.x] = total;
   if (my_bad) atomicAdd(&n_bad, my_bad);
   __syncthreads();
-  for (unsigned stride = kThreads / 2; stride > 0; stride /= 2) {
+  for (unsigned stride = kSumLanes / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
     __syncthreads();
   }
@@ -181,7 +181,7 @@ template <typename acc_t>
 cudaError_t finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
                               const Slot* slots, int64_t B, bool central, bool zero_nonfinite,
                               cudaStream_t stream) {
-  launch(finite_difference_kernel<acc_t>, 1, kThreads, stream, g, loss_out, bad, losses, slots, B,
+  launch(finite_difference_kernel<acc_t>, 1, kSumLanes, stream, g, loss_out, bad, losses, slots, B,
          central, zero_nonfinite);
   return cudaGetLastError();
 }
