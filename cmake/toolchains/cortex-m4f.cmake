@@ -19,3 +19,5 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
 set(COCD_BARE_METAL ON CACHE BOOL "Bare-metal build: no exceptions, stdio or heap in libcocd")
+# Flash is the scarce resource: optimise for size unless a build type is given.
+set(CMAKE_BUILD_TYPE MinSizeRel CACHE STRING "Build type (MinSizeRel for the microcontroller)")
