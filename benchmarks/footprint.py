@@ -81,13 +81,7 @@ def formula_bytes() -> int:
 
 def qemu_counts(target: str, program: str) -> dict:
     """Instructions between the example's measure_mark() calls, from a qemu trace."""
-    prefix, qemu = TARGETS[target][1], TARGETS[target][2]
-    symbols = run(f"{prefix}nm {program}")
-    entry = next(
-        int(a, 16) & ~1
-        for a, _, name in (s.split() for s in symbols.splitlines() if s.count(" ") == 2)
-        if name == "measure_mark"
-    )
+    qemu = TARGETS[target][2]
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "trace.log")
         # qemu 7 spells one-instruction-per-block -singlestep (later: -one-insn-per-tb).
@@ -96,16 +90,18 @@ def qemu_counts(target: str, program: str) -> dict:
             run(QEMU_M4F.format(args=",arg=example,arg=measure", elf=program) + " " + trace)
         else:
             run(f"{qemu} {trace} {program} measure")  # qemu-user: options before the program
-        marks, count = [], 0
-        pc_field = re.compile(r"\[[0-9a-f]+/([0-9a-f]+)/")
+        # One line per executed instruction, ending with its function's name; a call of
+        # measure_mark starts where the name changes to it.
+        marks, count, previous = [], 0, ""
         with open(log) as fh:
             for line in fh:
                 if not line.startswith("Trace"):
                     continue
                 count += 1
-                found = pc_field.search(line)
-                if found and int(found.group(1), 16) == entry:
+                name = line.rsplit("] ", 1)[-1].strip()
+                if name == "measure_mark" and previous != "measure_mark":
                     marks.append(count)
+                previous = name
     if len(marks) != 8:
         raise RuntimeError(f"{target}: expected 8 marker calls in the trace, found {len(marks)}")
     base = marks[1] - marks[0]  # two back-to-back marks: the probe's own cost
@@ -125,7 +121,7 @@ def callgrind_counts(program: str) -> dict:
     counts = {}
     for key, fn, calls in (
         ("loss_evaluation", "measured_loss", 1),
-        ("cocd_step", "measured_cocd_step", 2),  # a warm-up call, then the measured one
+        ("cocd_step", "measured_cocd_step", 1),
         ("sgd_step", "measured_sgd_step", 1),
     ):
         match = re.search(r"^\s*([\d,]+).*\b" + fn + r"\b", report, re.M)
