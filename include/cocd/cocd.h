@@ -81,6 +81,19 @@ void cocd_options_defaults(cocd_options* options);
 int cocd_create(const cocd_param* params, int64_t n_params, const cocd_group* groups,
                 int32_t n_groups, const cocd_options* options, cocd_optimizer** out);
 
+/* Without a heap: cocd_required_size checks the arguments as cocd_create does and
+ * writes the bytes the optimizer needs; cocd_create_in builds it in the caller's
+ * `buffer` (8-byte aligned, at least that size, unmoved while the optimizer lives) and
+ * allocates nothing. cocd_destroy then releases nothing but the optimizer.
+ *   static uint64_t memory[512];   (4 KiB, 8-byte aligned)
+ *   cocd_required_size(p, 1, &g, 1, &o, &size);   (size <= sizeof memory)
+ *   cocd_create_in(memory, sizeof memory, p, 1, &g, 1, &o, &opt);            */
+int cocd_required_size(const cocd_param* params, int64_t n_params, const cocd_group* groups,
+                       int32_t n_groups, const cocd_options* options, size_t* size);
+int cocd_create_in(void* buffer, size_t size, const cocd_param* params, int64_t n_params,
+                   const cocd_group* groups, int32_t n_groups, const cocd_options* options,
+                   cocd_optimizer** out);
+
 /* One step; *loss (may be NULL) receives the loss estimate: f(x) with forward
  * differences, the block mean of (f(x+eps) + f(x-eps)) / 2 with central ones. */
 int cocd_step(cocd_optimizer* opt, cocd_objective objective, void* user_data, double* loss);

@@ -16,7 +16,12 @@
 // Errors: invalid arguments throw std::invalid_argument naming the bad value; a
 // non-finite loss in NonFinite::kRaise mode throws cocd::NonFiniteError; a state
 // buffer that does not fit this optimizer throws cocd::StateError. In every error
-// case the parameters and the optimizer are exactly as before the call.
+// case the parameters and the optimizer are exactly as before the call. A library
+// built without exceptions (bare metal) reports errors through the C API's status
+// codes; an error in a C++ API call traps there.
+//
+// Without a heap: required_bytes() says how much storage an optimizer needs and the
+// storage constructor builds it there, allocating nothing.
 #pragma once
 
 #include <cstddef>
@@ -28,6 +33,10 @@
 #include <vector>
 
 namespace cocd {
+
+namespace detail {
+struct Access;  // the C API's entry to construction from plain arrays
+}  // namespace detail
 
 // Storage type of a parameter array. fp16 and bf16 arrays hold the raw 16-bit
 // patterns (uint16_t); estimates and the buffer are float32 for them.
@@ -87,6 +96,14 @@ class Optimizer {
   // All memory is allocated here (see memory_bytes()); step() allocates nothing.
   Optimizer(const std::vector<ParamSpan>& params, const std::vector<GroupOptions>& groups,
             const Options& options = Options());
+  // The same optimizer in caller-owned `storage` (8-byte aligned, at least
+  // required_bytes() long, outliving the optimizer): nothing is allocated, ever.
+  Optimizer(const std::vector<ParamSpan>& params, const std::vector<GroupOptions>& groups,
+            const Options& options, void* storage, std::size_t storage_bytes);
+  // Checks the arguments as the constructor does and returns the storage they need.
+  static std::size_t required_bytes(const std::vector<ParamSpan>& params,
+                                    const std::vector<GroupOptions>& groups,
+                                    const Options& options = Options());
   ~Optimizer();
   Optimizer(Optimizer&&) noexcept;
   Optimizer& operator=(Optimizer&&) noexcept;
@@ -124,7 +141,8 @@ class Optimizer {
   const void* buffer() const;      // the m stored estimates, of buffer_type()
   const int32_t* coords() const;   // FIFO: the m ring coordinates; nullptr in dense mode
 
-  // Bytes this optimizer holds (heap and object), excluding the caller's parameters.
+  // Bytes this optimizer holds (its storage and the object), excluding the caller's
+  // parameters: sizeof(Optimizer) + required_bytes().
   std::size_t memory_bytes() const;
 
   // State: a versioned little-endian byte image (buffer, ring, c, t, head and the
@@ -138,7 +156,9 @@ class Optimizer {
 
  private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  Impl* impl_ = nullptr;  // in its storage block, which it frees when it owns it
+  explicit Optimizer(Impl* impl) : impl_(impl) {}
+  friend struct detail::Access;
 };
 
 template <typename F>
