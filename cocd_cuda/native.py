@@ -147,9 +147,12 @@ class NativeEngine(ReferenceEngine):
     def _param_table(self) -> torch.Tensor:
         """The device table of parameter addresses, rebuilt only if storage moved."""
         layout = self.layout
-        check_unchanged(layout, contiguous=True)  # the table's sizes must still hold
         ptrs = [p.data_ptr() for p in layout.params]
-        if ptrs != self._ptrs:
+        # The table's sizes must still hold: a storage replaced by a smaller one (even at
+        # the same address) would be written past its end. The full check (dtype, device,
+        # contiguity) only when something moved.
+        if ptrs != self._ptrs or [p.numel() for p in layout.params] != layout.numels:
+            check_unchanged(layout, contiguous=True)
             reason = unsupported(layout)
             if reason is not None:
                 raise RuntimeError(f"the native engine can no longer run: {reason}")

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -29,6 +30,7 @@ constexpr unsigned char kMagic[4] = {'C', 'o', 'C', 'D'};
 constexpr uint32_t kStateVersion = 1;
 constexpr std::size_t kHeaderBytes = 64;
 constexpr std::size_t kChecksumBytes = 8;
+constexpr uint64_t kMaxSteps = uint64_t{1} << 62;  // as the Python engines: t never overflows
 
 std::string num(double v) {
   char buf[32];
@@ -39,7 +41,7 @@ std::string num(double v) {
 [[noreturn]] void invalid(const std::string& message) { throw std::invalid_argument(message); }
 
 void check_group(const GroupOptions& g, int32_t index) {
-  const std::string where = " (group " + std::to_string(index) + ")";
+  const std::string where = " (param group " + std::to_string(index) + ")";
   if (!std::isfinite(g.lr) || g.lr < 0) {
     invalid("Invalid lr: " + num(g.lr) + where + "; it must be finite and >= 0");
   }
@@ -53,6 +55,15 @@ void check_group(const GroupOptions& g, int32_t index) {
   if (!(g.momentum >= 0.0 && g.momentum <= 1.0)) {  // also rejects NaN
     invalid("Invalid momentum: " + num(g.momentum) + where + "; it must lie in [0, 1]");
   }
+  if (!std::isfinite(g.lr * g.weight_decay)) {  // 1e200 * 1e200 would fill x with inf/NaN
+    invalid("Invalid lr * weight_decay: " + num(g.lr) + " * " + num(g.weight_decay) +
+            " is not finite" + where +
+            "; the decay factor 1 - lr*weight_decay must be finite: lower lr or weight_decay");
+  }
+}
+
+std::size_t element_bytes(ScalarType dtype) {
+  return dtype == ScalarType::kFloat64 ? 8 : dtype == ScalarType::kFloat32 ? 4 : 2;
 }
 
 // The public dtype codes are the kernels' (ParamRef::meta stores them as given).
@@ -239,6 +250,18 @@ Optimizer::Optimizer(const std::vector<ParamSpan>& params, const std::vector<Gro
     if (dt < 0 || dt > 3) invalid(where + " has an invalid dtype code " + std::to_string(dt));
     if (p.numel < 0) invalid(where + " has numel " + std::to_string(p.numel) + " < 0");
     if (p.data == nullptr && p.numel > 0) invalid(where + " has a null data pointer");
+    const std::size_t elem = element_bytes(p.dtype);
+    const uintptr_t address = reinterpret_cast<uintptr_t>(p.data);
+    if (address % elem != 0) {  // the kernels load whole elements
+      invalid(where + " has a data pointer not aligned to its " + std::to_string(elem) +
+              "-byte elements; pass an array of that element type");
+    }
+    // No array is larger than PTRDIFF_MAX bytes or runs past the end of the address space.
+    if (static_cast<uint64_t>(p.numel) > static_cast<uint64_t>(PTRDIFF_MAX) / elem ||
+        static_cast<uint64_t>(p.numel) > (UINTPTR_MAX - address) / elem) {
+      invalid(where + " has numel " + std::to_string(p.numel) + ", more " + std::to_string(elem) +
+              "-byte elements than fit in memory from its address");
+    }
     if (p.group < 0 || p.group >= n_groups) {
       invalid(where + " has group " + std::to_string(p.group) + "; there are " +
               std::to_string(n_groups) + " groups");
@@ -264,11 +287,8 @@ Optimizer::Optimizer(const std::vector<ParamSpan>& params, const std::vector<Gro
     std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
     for (const ParamSpan& p : params) {
       if (p.numel == 0) continue;
-      const uintptr_t begin = reinterpret_cast<uintptr_t>(p.data);
-      const std::size_t elem = p.dtype == ScalarType::kFloat64   ? 8
-                               : p.dtype == ScalarType::kFloat32 ? 4
-                                                                 : 2;
-      ranges.emplace_back(begin, begin + static_cast<uintptr_t>(p.numel) * elem);
+      const uintptr_t begin = reinterpret_cast<uintptr_t>(p.data);  // no overflow: checked above
+      ranges.emplace_back(begin, begin + static_cast<uintptr_t>(p.numel) * element_bytes(p.dtype));
     }
     std::sort(ranges.begin(), ranges.end());
     for (std::size_t i = 1; i < ranges.size(); ++i) {
@@ -496,7 +516,7 @@ void Optimizer::load_state(const void* data, std::size_t size) {
   same("buffer dtype", p[33], s.acc);
   const uint64_t c = get_u64(p + 40), t = get_u64(p + 48), head = get_u64(p + 56);
   if (c >= static_cast<uint64_t>(s.n) || head >= static_cast<uint64_t>(s.m) ||
-      (s.dense && head != 0) || t > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      (s.dense && head != 0) || t >= kMaxSteps) {
     bad("out-of-range pointer c=" + std::to_string(c) + ", head=" + std::to_string(head) +
         " or step count t=" + std::to_string(t));
   }
@@ -508,6 +528,17 @@ void Optimizer::load_state(const void* data, std::size_t size) {
     if (!std::isfinite(v)) bad("buffer entry " + std::to_string(k) + " is not finite");
     if (!s.dense && get_u64(ring + 8 * k) >= static_cast<uint64_t>(s.n)) {
       bad("ring coordinate " + std::to_string(get_u64(ring + 8 * k)) + " is outside [0, n)");
+    }
+  }
+  if (!s.dense) {  // a ring holds each coordinate at most once
+    std::vector<uint64_t> sorted(static_cast<std::size_t>(s.m));
+    for (int64_t k = 0; k < s.m; ++k) sorted[k] = get_u64(ring + 8 * k);
+    std::sort(sorted.begin(), sorted.end());
+    const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+    if (dup != sorted.end()) {
+      bad("ring coordinate " + std::to_string(*dup) +
+          " appears twice; a ring holds each "
+          "coordinate at most once");
     }
   }
   // Everything checked: only now change the state.
