@@ -45,23 +45,20 @@ from __future__ import annotations
 
 import torch
 
-from .layout import as_loss, finite_number
+from . import validation
+from .layout import as_loss
+from .validation import finite_number
 
 __all__ = ["SPSA", "ZOSGD", "MeZO"]
 
 _MASK63 = (1 << 63) - 1
+_GROUP_OPTIONS = ("lr", "weight_decay")
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread chunk seeds
 
 
 def _chunk_seed(direction_seed: int, chunk: int) -> int:
     """The generator seed of one chunk of one direction (chunks counted across tensors)."""
     return (direction_seed + (chunk + 1) * _GOLDEN) & _MASK63
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Invalid {name}: {value!r}; it must be an int >= {minimum}")
-    return value
 
 
 class _RandomDirectionZO(torch.optim.Optimizer):
@@ -82,32 +79,19 @@ class _RandomDirectionZO(torch.optim.Optimizer):
     ):
         name = type(self).__name__
         defaults = dict(lr=lr, weight_decay=weight_decay)
-        self._check_group(defaults, "defaults")
+        validation.store_floats(defaults, _GROUP_OPTIONS, self._check_group(defaults, "defaults"))
         eps = finite_number("eps", eps, "optimizer")
         if eps <= 0:
             raise ValueError(f"Invalid eps: {eps!r}; it must be > 0")
         self.eps = eps
-        self.num_directions = _check_int("num_directions", num_directions)
-        self.chunk_size = _check_int("chunk_size", chunk_size)
+        self.num_directions = validation.integer("num_directions", num_directions)
+        self.chunk_size = validation.integer("chunk_size", chunk_size)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        self.seed = _check_int("seed", seed, minimum=0)
+        self.seed = validation.integer("seed", seed, minimum=0)
         super().__init__(params, defaults)
+        validation.check_params(self.param_groups, name)
         params = [p for g in self.param_groups for p in g["params"]]
-        seen: set[int] = set()
-        for i, p in enumerate(params):
-            if not p.is_floating_point():
-                raise ValueError(f"{name}: parameter {i} has dtype {p.dtype}; need floating point")
-            if id(p) in seen:
-                raise ValueError(f"{name}: parameter {i} appears twice; pass each tensor once")
-            seen.add(id(p))
-            if p.device != params[0].device:
-                raise ValueError(
-                    f"{name}: parameter {i} is on {p.device} but parameter 0 is on "
-                    f"{params[0].device}; all parameters must share one device"
-                )
-        if sum(p.numel() for p in params) == 0:
-            raise ValueError(f"{name} got no parameter elements; there is nothing to optimize")
         self._params = params
         self.device = params[0].device
         wide = any(p.dtype == torch.float64 for p in params)
@@ -120,13 +104,7 @@ class _RandomDirectionZO(torch.optim.Optimizer):
     # ------------------------------------------------------------------ options
     @staticmethod
     def _check_group(group: dict, where: str) -> tuple[float, float]:
-        lr = finite_number("lr", group["lr"], where)
-        wd = finite_number("weight_decay", group["weight_decay"], where)
-        if lr < 0:
-            raise ValueError(f"Invalid lr: {lr!r} ({where}); it must be >= 0")
-        if wd < 0:
-            raise ValueError(f"Invalid weight_decay: {wd!r} ({where}); it must be >= 0")
-        return lr, wd
+        return validation.baseline_group(group, where)
 
     def add_param_group(self, param_group: dict) -> None:
         if getattr(self, "_params", None) is not None:
@@ -135,7 +113,14 @@ class _RandomDirectionZO(torch.optim.Optimizer):
                 "optimizer over all parameters instead of calling add_param_group"
             )
         super().add_param_group(param_group)
-        self._check_group(self.param_groups[-1], f"param group {len(self.param_groups) - 1}")
+        self._group_hyper(len(self.param_groups) - 1)
+
+    def _group_hyper(self, index: int) -> tuple[float, float]:
+        """Param group ``index`` checked, its values stored back as plain floats."""
+        group = self.param_groups[index]
+        hyper = self._check_group(group, f"param group {index}")
+        validation.store_floats(group, _GROUP_OPTIONS, hyper)
+        return hyper
 
     @property
     def evaluations_per_step(self) -> int:
@@ -200,24 +185,13 @@ class _RandomDirectionZO(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Resume from ``state_dict()``: the continued run repeats the unbroken one."""
-        state = state_dict.get("state", {})
-        missing = [k for k in ("step", "seed_generator", "num_directions") if k not in state]
-        if missing:
-            raise ValueError(f"not a {type(self).__name__} state_dict: 'state' lacks {missing}")
-        for key in ("num_directions", "chunk_size"):
-            if state.get(key, getattr(self, key)) != getattr(self, key):
-                raise ValueError(
-                    f"state_dict has {key}={state[key]!r} but this optimizer has "
-                    f"{key}={getattr(self, key)!r}; construct it with the saved options"
-                )
+        hyper, state = validation.baseline_state(state_dict, self)  # changes nothing
         super().load_state_dict({**state_dict, "state": {}})
-        for i, group in enumerate(self.param_groups):
-            self._check_group(group, f"param group {i} of the loaded state_dict")
-        self.eps = float(state.get("eps", self.eps))
-        self.seed = int(state.get("seed", self.seed))
+        for group, values in zip(self.param_groups, hyper, strict=True):
+            validation.store_floats(group, _GROUP_OPTIONS, values)
+        self.eps, self.seed = state["eps"], state["seed"]
         self._seeds.set_state(state["seed_generator"])
-        self._t = int(state["step"])
-        self.evaluations = int(state.get("evaluations", 0))
+        self._t, self.evaluations = state["step"], state["evaluations"]
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -228,7 +202,7 @@ class _RandomDirectionZO(torch.optim.Optimizer):
                 f"{type(self).__name__}.step needs a closure that returns the loss, e.g. "
                 "opt.step(lambda: loss_fn(model(x), y))"
             )
-        hyper = [self._check_group(g, f"param group {i}") for i, g in enumerate(self.param_groups)]
+        hyper = [self._group_hyper(i) for i in range(len(self.param_groups))]
         saved = self._seeds.get_state()
         seeds = torch.randint(
             0, _MASK63, (self.num_directions,), generator=self._seeds, dtype=torch.int64

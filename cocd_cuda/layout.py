@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -30,20 +29,23 @@ class ParamLayout:
 
     def __init__(self, param_groups: list[dict]):
         self.params: list[torch.Tensor] = []
+        self.names: list[str] = []  # "param group 0, parameter 1", for error messages
         self.param_group: list[int] = []
         self.starts: list[int] = []
         self.group_bounds: list[tuple[int, int]] = []
         n = 0
         for gi, group in enumerate(param_groups):
             g0 = n
-            for p in group["params"]:
+            for pi, p in enumerate(group["params"]):
                 self.params.append(p)
+                self.names.append(f"param group {gi}, parameter {pi}")
                 self.param_group.append(gi)
                 self.starts.append(n)
                 n += p.numel()
             self.group_bounds.append((g0, n))
         self.n = n
         self.numels = [p.numel() for p in self.params]
+        self.dtypes = [p.dtype for p in self.params]
         self.device = self.params[0].device
         # Estimates are fp32 whatever the storage dtype; fp64 as soon as any parameter
         # is fp64, so that fp64 users get fp64 estimates.
@@ -69,42 +71,6 @@ class ParamLayout:
         return out
 
 
-def check_params(param_groups: list[dict]) -> None:
-    """Reject parameter sets that CoCD cannot optimize, naming the offender."""
-    seen: set[int] = set()
-    device = None
-    total = 0
-    for gi, group in enumerate(param_groups):
-        for pi, p in enumerate(group["params"]):
-            where = f"param group {gi}, parameter {pi}"
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"{where} is a {type(p).__name__}, expected a torch.Tensor")
-            if not p.is_floating_point():
-                raise ValueError(
-                    f"{where} has dtype {p.dtype}; CoCD optimizes floating-point "
-                    "tensors (float16, bfloat16, float32, float64) only"
-                )
-            if p.layout != torch.strided:
-                raise ValueError(f"{where} has layout {p.layout}; only dense tensors are supported")
-            if id(p) in seen:
-                raise ValueError(
-                    f"{where} appears twice in the parameter list; pass each tensor once"
-                )
-            seen.add(id(p))
-            if device is None:
-                device = p.device
-            elif p.device != device:
-                raise ValueError(
-                    f"{where} is on {p.device} but earlier parameters are on {device}; "
-                    "CoCD needs all parameters on one device"
-                )
-            total += p.numel()
-    if not seen:
-        raise ValueError("CoCD got an empty parameter list; pass the tensors to optimize")
-    if total == 0:
-        raise ValueError("CoCD got parameters with no elements; there is nothing to optimize")
-
-
 def as_loss(value, device: torch.device) -> torch.Tensor:
     """The closure's return value as a 0-dim tensor, without reading it on the host."""
     if isinstance(value, torch.Tensor):
@@ -112,6 +78,11 @@ def as_loss(value, device: torch.device) -> torch.Tensor:
             raise ValueError(
                 f"the closure must return a scalar loss, got a tensor of shape "
                 f"{tuple(value.shape)}; reduce it (e.g. .mean()) inside the closure"
+            )
+        if value.is_meta:
+            raise ValueError(
+                "the closure returned a loss on the meta device, which holds no value; "
+                "compute the loss from real tensors"
             )
         if value.is_complex():
             raise TypeError(
@@ -124,13 +95,3 @@ def as_loss(value, device: torch.device) -> torch.Tensor:
         f"the closure must return a scalar loss tensor or a Python number, got "
         f"{type(value).__name__}"
     )
-
-
-def finite_number(name: str, value, where: str) -> float:
-    """``value`` as a float, or a TypeError naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({where})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Invalid {name}: {value!r} ({where}); it must be finite")
-    return value

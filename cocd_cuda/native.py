@@ -28,6 +28,7 @@ except ImportError:  # numpy is optional: CPU evaluations then go through advanc
 
 from .layout import as_loss
 from .reference import ReferenceEngine, evaluates_blocks, perturbed
+from .validation import check_unchanged
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 MAX_GROUPS = 64  # kMaxGroups in csrc/kernels/cocd_kernels.h
@@ -147,7 +148,11 @@ class NativeEngine(ReferenceEngine):
         """The device table of parameter addresses, rebuilt only if storage moved."""
         layout = self.layout
         ptrs = [p.data_ptr() for p in layout.params]
-        if ptrs != self._ptrs:
+        # The table's sizes must still hold: a storage replaced by a smaller one (even at
+        # the same address) would be written past its end. The full check (dtype, device,
+        # contiguity) only when something moved.
+        if ptrs != self._ptrs or [p.numel() for p in layout.params] != layout.numels:
+            check_unchanged(layout, contiguous=True)
             reason = unsupported(layout)
             if reason is not None:
                 raise RuntimeError(f"the native engine can no longer run: {reason}")
@@ -275,7 +280,7 @@ class NativeEngine(ReferenceEngine):
             current = evals[0]
             for idx, k in enumerate(evals):
                 value = closure()
-                if type(value) is not torch.Tensor or value.is_cuda != is_cuda:
+                if type(value) is not torch.Tensor or value.is_cuda != is_cuda or value.is_meta:
                     value = as_loss(value, dev).to(dev)
                 nxt = evals[idx + 1] if idx + 1 < len(evals) else n_eval
                 advance(losses, slots, table, value, k, nxt, central)
@@ -309,7 +314,12 @@ class NativeEngine(ReferenceEngine):
                     bits[param][offset] = minus if central and k % 2 else plus
                     held = j
                 value = closure()
-                if type(value) is torch.Tensor and value.numel() == 1 and not value.is_complex():
+                if (
+                    type(value) is torch.Tensor
+                    and value.numel() == 1
+                    and not value.is_complex()
+                    and not value.is_meta
+                ):
                     values.append(float(value))  # exact: every loss dtype fits a double
                 else:
                     values.append(float(as_loss(value, dev)))  # raises for what is not a loss

@@ -2,62 +2,13 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 
-from . import backends
+from . import backends, validation
 from .distributed import Share
 from .graphs import GraphedStep
-from .layout import ParamLayout, check_params, finite_number
-from .reference import GroupHyper
-
-_GROUP_OPTIONS = ("lr", "weight_decay", "eps", "momentum")
-_OPTIMIZER_OPTIONS = (
-    "compute_budget",
-    "memory_budget",
-    "central_difference",
-    "init_grad",
-    "nonfinite",
-    "backend",
-    "process_group",
-    "parallel",
-)
-
-
-def _check_group(group: dict, where: str) -> GroupHyper:
-    """Validate one param group's hyperparameters; the error names the bad value."""
-    for key in _OPTIMIZER_OPTIONS:
-        if key in group:
-            raise ValueError(
-                f"{key} is an optimizer-wide option of CoCD; pass it to CoCD(...), "
-                f"not in a param group ({where})"
-            )
-    lr = finite_number("lr", group["lr"], where)
-    wd = finite_number("weight_decay", group["weight_decay"], where)
-    eps = finite_number("eps", group["eps"], where)
-    gamma = finite_number("momentum", group["momentum"], where)
-    if lr < 0:
-        raise ValueError(f"Invalid lr: {lr!r} ({where}); it must be >= 0")
-    if wd < 0:
-        raise ValueError(f"Invalid weight_decay: {wd!r} ({where}); it must be >= 0")
-    if eps <= 0:
-        raise ValueError(f"Invalid eps: {eps!r} ({where}); it must be > 0")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"Invalid momentum: {gamma!r} ({where}); it must lie in [0, 1]")
-    return GroupHyper(lr, wd, eps, gamma)
-
-
-def _budget(name: str, value) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"Invalid {name}: {value!r}; it must be an int >= 1")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"Invalid {name}: {value!r}; it must be an int >= 1") from None
-    if value < 1:
-        raise ValueError(f"Invalid {name}: {value!r}; it must be an int >= 1")
-    return value
+from .layout import ParamLayout
+from .validation import GROUP_OPTIONS, GroupHyper, check_params, cocd_group, finite_number
 
 
 class CoCD(torch.optim.Optimizer):
@@ -100,9 +51,9 @@ class CoCD(torch.optim.Optimizer):
         timeout: float = 300.0,
     ):
         defaults = dict(lr=lr, weight_decay=weight_decay, eps=eps, momentum=momentum)
-        _check_group(defaults, "defaults")
-        B = _budget("compute_budget", compute_budget)
-        m = None if memory_budget is None else _budget("memory_budget", memory_budget)
+        validation.store_floats(defaults, GROUP_OPTIONS, _values(cocd_group(defaults, "defaults")))
+        B = validation.integer("compute_budget", compute_budget)
+        m = None if memory_budget is None else validation.integer("memory_budget", memory_budget)
         if not isinstance(central_difference, bool):
             raise TypeError(
                 f"central_difference must be a bool, got {central_difference!r} "
@@ -127,7 +78,9 @@ class CoCD(torch.optim.Optimizer):
                 f"{B}; the buffer must hold at least one block (memory_budget >= "
                 "compute_budget)"
             )
-        init = self._check_init_grad(init_grad, m, layout) if init_grad is not None else None
+        init = None
+        if init_grad is not None:
+            init = validation.check_init_grad(init_grad, m, layout.device, layout.acc_dtype)
         self.compute_budget = B
         self.memory_budget = m
         self.central_difference = central_difference
@@ -143,25 +96,6 @@ class CoCD(torch.optim.Optimizer):
             share.broadcast(layout.params)
             self._engine.share = share
 
-    @staticmethod
-    def _check_init_grad(init_grad, m: int, layout: ParamLayout) -> torch.Tensor:
-        if not isinstance(init_grad, torch.Tensor) or not init_grad.is_floating_point():
-            what = init_grad.dtype if isinstance(init_grad, torch.Tensor) else type(init_grad)
-            raise ValueError(
-                f"init_grad must be a floating-point tensor with {m} elements (one per "
-                f"buffer entry), got {what}"
-            )
-        if init_grad.numel() != m:
-            raise ValueError(
-                f"init_grad has {init_grad.numel()} elements; expected exactly {m} (one "
-                "per buffer entry: entry k is the initial estimate of coordinate k)"
-            )
-        # A copy, never an alias: the caller's tensor must not change under us.
-        init = init_grad.detach().reshape(-1).to(layout.device, layout.acc_dtype, copy=True)
-        if not bool(torch.isfinite(init).all()):
-            raise ValueError("init_grad contains NaN or infinity; pass finite estimates")
-        return init
-
     # ------------------------------------------------------------ torch.optim API
     def add_param_group(self, param_group: dict) -> None:
         """Param groups are given at construction; adding one later is not supported."""
@@ -172,7 +106,7 @@ class CoCD(torch.optim.Optimizer):
                 "instead of calling add_param_group"
             )
         super().add_param_group(param_group)
-        _check_group(self.param_groups[-1], f"param group {len(self.param_groups) - 1}")
+        self._check_group(len(self.param_groups) - 1)
 
     @torch.no_grad()
     def step(self, closure=None) -> torch.Tensor:
@@ -207,7 +141,14 @@ class CoCD(torch.optim.Optimizer):
 
     def _hyperparameters(self) -> list[GroupHyper]:
         """Each param group's hyperparameters, validated, as they are now."""
-        return [_check_group(g, f"param group {i}") for i, g in enumerate(self.param_groups)]
+        return [self._check_group(i) for i in range(len(self.param_groups))]
+
+    def _check_group(self, index: int) -> GroupHyper:
+        """Param group ``index`` checked, its values stored back as plain floats."""
+        group = self.param_groups[index]
+        hp = cocd_group(group, f"param group {index}")
+        validation.store_floats(group, GROUP_OPTIONS, _values(hp))
+        return hp
 
     def reset(self) -> None:
         """Zero the buffer and set the block pointer and step counter to 0."""
@@ -232,37 +173,18 @@ class CoCD(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Resume from ``state_dict()``: the continued run is bit for bit the unbroken one."""
-        state = state_dict.get("state", {})
-        missing = [k for k in ("buffer", "c", "t", "head", "n") if k not in state]
-        if missing:
-            raise ValueError(f"not a CoCD state_dict: 'state' lacks {missing}")
-        expected = {
-            "n": self._engine.layout.n,
-            "compute_budget": self.compute_budget,
-            "memory_budget": self.memory_budget,
-            "central_difference": self.central_difference,
-        }
-        for key, value in expected.items():
-            if state[key] != value:
-                raise ValueError(
-                    f"state_dict has {key}={state[key]!r} but this optimizer has "
-                    f"{key}={value!r}; construct CoCD with the saved options to resume"
-                )
-        buffer = state["buffer"]
-        if tuple(buffer.shape) != (self.memory_budget,):
-            raise ValueError(
-                f"state_dict buffer has shape {tuple(buffer.shape)}, expected "
-                f"({self.memory_budget},)"
-            )
-        c, head = int(state["c"]), int(state["head"])
-        if not (0 <= c < self._engine.layout.n and 0 <= head < self.memory_budget):
-            raise ValueError(f"state_dict has an out-of-range pointer c={c} or head={head}")
+        """Resume from ``state_dict()``: the continued run is bit for bit the unbroken one.
+
+        The whole state dict is checked first (``validation.cocd_state``); on any error
+        nothing has changed.
+        """
+        hyper, state = validation.cocd_state(state_dict, self)
         super().load_state_dict({**state_dict, "state": {}})
-        for i, group in enumerate(self.param_groups):
-            _check_group(group, f"param group {i} of the loaded state_dict")
-        nonfinite = state.get("nonfinite", self.nonfinite)
-        if nonfinite not in ("raise", "zero"):
-            raise ValueError(f"state_dict has an invalid nonfinite={nonfinite!r}")
+        for group, hp in zip(self.param_groups, hyper, strict=True):
+            validation.store_floats(group, GROUP_OPTIONS, _values(hp))
         self._engine.load(state)
-        self.nonfinite = self._engine.nonfinite = nonfinite
+        self.nonfinite = self._engine.nonfinite = state["nonfinite"]
+
+
+def _values(hp: GroupHyper) -> tuple[float, float, float, float]:
+    return (hp.lr, hp.weight_decay, hp.eps, hp.momentum)

@@ -7,22 +7,11 @@ one step for step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .layout import ParamLayout, as_loss
 from .objective import Block
-
-
-@dataclass(frozen=True)
-class GroupHyper:
-    """The per-group hyperparameters read from ``param_groups`` at each step."""
-
-    lr: float
-    weight_decay: float
-    eps: float
-    momentum: float
+from .validation import GroupHyper, check_unchanged
 
 
 def perturbed(value: torch.Tensor, delta: float) -> torch.Tensor:
@@ -89,6 +78,7 @@ class ReferenceEngine:
         }
 
     def load(self, state: dict) -> None:
+        """Commit a state that ``validation.cocd_state`` checked in full."""
         self.v.copy_(state["buffer"])
         if self.coords is not None:
             self.coords.copy_(state["coords"])
@@ -97,6 +87,7 @@ class ReferenceEngine:
     # ------------------------------------------------------------------- step
     def step(self, closure, hyper: list[GroupHyper]) -> torch.Tensor:
         """One CoCD step. Nothing is changed unless every evaluation succeeds."""
+        check_unchanged(self.layout)
         if self.share is None and not evaluates_blocks(closure):
             losses, h = self._evaluate(closure, hyper)
         else:

@@ -74,6 +74,8 @@ int guard(F&& body) noexcept {
     return fail(COCD_ERR_BAD_STATE, e.what());
   } catch (const std::bad_alloc&) {
     return fail(COCD_ERR_OUT_OF_MEMORY, "out of memory");
+  } catch (const std::length_error&) {  // a size beyond what any allocation can hold
+    return fail(COCD_ERR_OUT_OF_MEMORY, "out of memory: a requested size is too large");
   } catch (const std::exception& e) {
     return fail(COCD_ERR_INTERNAL, e.what());
   } catch (...) {

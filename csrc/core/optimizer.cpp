@@ -41,6 +41,7 @@ constexpr unsigned char kMagic[4] = {'C', 'o', 'C', 'D'};
 constexpr uint32_t kStateVersion = 1;
 constexpr std::size_t kHeaderBytes = 64;
 constexpr std::size_t kChecksumBytes = 8;
+constexpr uint64_t kMaxSteps = uint64_t{1} << 62;  // as the Python engines: t never overflows
 
 // A double as text: %.17g (round-trips); without stdio, 9 significant digits.
 detail::Piece num(double v) {
@@ -119,7 +120,7 @@ enum Error : int { kInvalidArgument = 1, kNonFinite = 3, kBadState = 4, kOutOfMe
 }
 
 void check_group(const GroupOptions& g, int32_t index) {
-  const Text where = " (group " + str(index) + ")";
+  const Text where = " (param group " + str(index) + ")";
   if (!std::isfinite(g.lr) || g.lr < 0) {
     invalid("Invalid lr: " + num(g.lr) + where + "; it must be finite and >= 0");
   }
@@ -132,6 +133,11 @@ void check_group(const GroupOptions& g, int32_t index) {
   }
   if (!(g.momentum >= 0.0 && g.momentum <= 1.0)) {  // also rejects NaN
     invalid("Invalid momentum: " + num(g.momentum) + where + "; it must lie in [0, 1]");
+  }
+  if (!std::isfinite(g.lr * g.weight_decay)) {  // 1e200 * 1e200 would fill x with inf/NaN
+    invalid("Invalid lr * weight_decay: " + num(g.lr) + " * " + num(g.weight_decay) +
+            " is not finite" + where +
+            "; the decay factor 1 - lr*weight_decay must be finite: lower lr or weight_decay");
   }
 }
 
@@ -374,6 +380,15 @@ Shape validate(const detail::Inputs& in) {
     if (dt < 0 || dt > 3) invalid(where + " has an invalid dtype code " + str(dt));
     if (p.numel < 0) invalid(where + " has numel " + str(p.numel) + " < 0");
     if (p.data == nullptr && p.numel > 0) invalid(where + " has a null data pointer");
+    const std::size_t elem = element_bytes(p.dtype);
+    if (reinterpret_cast<uintptr_t>(p.data) % elem != 0) {  // the kernels load whole elements
+      invalid(where + " has a data pointer not aligned to its " + str(elem) +
+              "-byte elements; pass an array of that element type");
+    }
+    if (static_cast<uint64_t>(p.numel) > static_cast<uint64_t>(PTRDIFF_MAX) / elem) {
+      invalid(where + " has numel " + str(p.numel) + ", more " + str(elem) +
+              "-byte elements than fit in memory");
+    }
     if (p.group < 0 || p.group >= s.n_groups) {
       invalid(where + " has group " + str(p.group) + "; there are " + str(s.n_groups) + " groups");
     }
@@ -766,7 +781,7 @@ void Optimizer::load_state(const void* data, std::size_t size) {
   same("buffer dtype", p[33], s.acc);
   const uint64_t c = get_u64(p + 40), t = get_u64(p + 48), head = get_u64(p + 56);
   if (c >= static_cast<uint64_t>(s.n) || head >= static_cast<uint64_t>(s.m) ||
-      (s.dense && head != 0) || t > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      (s.dense && head != 0) || t >= kMaxSteps) {
     bad("out-of-range pointer c=" + str(c) + ", head=" + str(head) + " or step count t=" + str(t));
   }
   const unsigned char* values = p + kHeaderBytes;
@@ -778,6 +793,28 @@ void Optimizer::load_state(const void* data, std::size_t size) {
     if (!s.dense && get_u64(ring + 8 * k) >= static_cast<uint64_t>(s.n)) {
       bad("ring coordinate " + str(get_u64(ring + 8 * k)) + " is outside [0, n)");
     }
+  }
+  if (!s.dense) {  // a ring holds each coordinate at most once
+#if COCD_BARE_METAL
+    // No heap here: a quadratic scan (rings on such devices are small, loads are rare).
+    for (int64_t a = 1; a < s.m; ++a) {
+      for (int64_t b = 0; b < a; ++b) {
+        if (get_u64(ring + 8 * a) == get_u64(ring + 8 * b)) {
+          bad("ring coordinate " + str(get_u64(ring + 8 * a)) +
+              " appears twice; a ring holds each coordinate at most once");
+        }
+      }
+    }
+#else
+    std::vector<uint64_t> sorted(static_cast<std::size_t>(s.m));
+    for (int64_t k = 0; k < s.m; ++k) sorted[k] = get_u64(ring + 8 * k);
+    std::sort(sorted.begin(), sorted.end());
+    const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+    if (dup != sorted.end()) {
+      bad("ring coordinate " + str(*dup) +
+          " appears twice; a ring holds each coordinate at most once");
+    }
+#endif
   }
   // Everything checked: only now change the state.
   for (int64_t k = 0; k < s.m; ++k) {

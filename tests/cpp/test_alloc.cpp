@@ -65,13 +65,16 @@ void run(const Config& c, std::size_t* fixed_part) {
   const long before = g_allocations;
   for (int k = 0; k < 25; ++k) opt.step(objective);
   opt.save_state(state.data(), state.size());
+  const long before_load = g_allocations;
   opt.load_state(state.data(), state.size());
+  const long in_load = g_allocations - before_load;
   opt.reset();
   for (int k = 0; k < 5; ++k) opt.step(objective);
-  const long during = g_allocations - before;
-  std::printf("%-16s memory_bytes %6zu, allocations during 30 steps + save/load/reset: %ld\n",
-              c.name, opt.memory_bytes(), during);
+  const long during = g_allocations - before - in_load;
+  std::printf("%-16s memory_bytes %6zu, allocations during 30 steps + save/reset: %ld, load: %ld\n",
+              c.name, opt.memory_bytes(), during, in_load);
   CHECK(during == 0);
+  CHECK(in_load == (opt.fifo() ? 1 : 0));  // FIFO: one temporary copy of the ring, to check it
   CHECK(opt.memory_bytes() >= formula(c, n, static_cast<int64_t>(spans.size())));
   const std::size_t fixed = opt.memory_bytes() - formula(c, n, static_cast<int64_t>(spans.size()));
   if (*fixed_part == 0) *fixed_part = fixed;
