@@ -630,3 +630,95 @@ class HybridCD(torch.optim.Optimizer):
 
 
 __all__ += ["HybridCD"]
+
+
+# ---------------------------------------------------------------------------------
+# Greedy Coordinate Gradient (Zou et al. 2023), for discrete coordinates
+
+
+class GCG:
+    """Greedy Coordinate Gradient: minimise G(x) = loss(E[x]) over token sequences x.
+
+    ``embedding`` E is the [V, d] embedding matrix; ``loss_fn`` maps a batch of embedded
+    sequences [K, L, d] to K losses (it must be differentiable for the gradient). Each
+    ``step``:
+
+    1. the gradient of G with respect to the embedded sequence gives, at each position
+       i, a direction -g_i;
+    2. every vocabulary embedding is ranked by cosine similarity to -g_i and the
+       ``top_k`` best are kept (a zero embedding, or a position with g_i = 0, has no
+       defined cosine and proposes nothing);
+    3. every single-position swap among these (positions x top_k sequences) is
+       evaluated, in vectorised calls of at most ``batch_size`` sequences;
+    4. x becomes the best of them, even when it is worse than x (as in the original).
+
+    ``tokens`` is the current sequence (a LongTensor [L]), ``loss`` its G value;
+    ``evaluations`` counts evaluated sequences (one per candidate, one per gradient
+    forward), ``gradients`` backward passes.
+    """
+
+    def __init__(self, embedding, loss_fn, tokens, top_k: int = 256, batch_size: int = 1024):
+        if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
+            raise ValueError("embedding must be a [vocabulary, dim] tensor")
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=embedding.device)
+        if tokens.dim() != 1 or tokens.numel() == 0:
+            raise ValueError(
+                f"tokens must be a non-empty 1-D sequence, got shape {tuple(tokens.shape)}"
+            )
+        V = embedding.shape[0]
+        if bool((tokens < 0).any() | (tokens >= V).any()):
+            raise ValueError(f"tokens must lie in [0, {V}), got {tokens.tolist()}")
+        self.E = embedding.detach()
+        self.loss_fn = loss_fn
+        self.top_k = min(_check_int("top_k", top_k), V)
+        self.batch_size = _check_int("batch_size", batch_size)
+        self.tokens = tokens.clone()
+        self.evaluations = 0
+        self.gradients = 0
+        norms = self.E.norm(dim=1)
+        self._unit = self.E / norms.clamp_min(1e-30)[:, None]
+        self._defined = norms > 0  # tokens whose cosine similarity is defined
+        self.loss = float(self.evaluate(self.tokens[None])[0])
+
+    @torch.no_grad()
+    def evaluate(self, sequences: torch.Tensor) -> torch.Tensor:
+        """G for each row of sequences [K, L], batch_size rows per call, as float64 [K]."""
+        out = [
+            self.loss_fn(self.E[sequences[s : s + self.batch_size]]).detach().double()
+            for s in range(0, sequences.shape[0], self.batch_size)
+        ]
+        self.evaluations += sequences.shape[0]
+        return torch.cat(out)
+
+    def candidates(self) -> torch.Tensor:
+        """The single-position swaps proposed by the gradient, as rows [K, L]."""
+        e = self.E[self.tokens].clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.loss_fn(e[None]).sum(), [e])
+        self.evaluations += 1
+        self.gradients += 1
+        rows = []
+        for i in range(self.tokens.numel()):
+            gnorm = g[i].norm()
+            if gnorm == 0:  # no direction: cosine undefined for every token
+                continue
+            cos = self._unit @ (-g[i] / gnorm)
+            cos = cos.masked_fill(~self._defined, -torch.inf)
+            k = min(self.top_k, int(self._defined.sum()))
+            swap = self.tokens.repeat(k, 1)
+            swap[:, i] = cos.topk(k).indices
+            rows.append(swap)
+        return torch.cat(rows) if rows else self.tokens[None][:0]
+
+    def step(self) -> float:
+        """One GCG iteration; returns the new G(x)."""
+        cand = self.candidates()
+        if cand.shape[0] == 0:
+            return self.loss  # a zero gradient everywhere: nothing to propose
+        losses = self.evaluate(cand)
+        best = int(torch.argmin(losses))
+        self.tokens, self.loss = cand[best].clone(), float(losses[best])
+        return self.loss
+
+
+__all__ += ["GCG"]
