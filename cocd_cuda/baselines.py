@@ -445,3 +445,254 @@ class MeZO(_RandomDirectionZO):
 
         self._apply(update)
         return loss
+
+
+# ---------------------------------------------------------------------------------
+# Hybrid coordinate descent (Hsiao and Dutta, arXiv 2408.01374)
+
+
+def _losses_at(closure, p: torch.Tensor, elems: torch.Tensor, values: torch.Tensor):
+    """f at K points that each set element elems[k] of p to values[k], as float64 [K].
+
+    All points share the current base point. A ``ModelObjective`` that can vectorise p
+    evaluates them in one batched call; any other closure is called once per point
+    (perturb in place, call, restore exactly).
+    """
+    from .objective import ModelObjective
+
+    flat = p.detach().view(-1)
+    if isinstance(closure, ModelObjective) and closure.vectorises(p):
+        base = flat[elems].to(torch.float64)
+        acts = closure.begin_points()
+        return closure.point_losses(p, elems, values.to(torch.float64), base, acts)
+    out = torch.empty(elems.numel(), dtype=torch.float64, device=p.device)
+    for k, e in enumerate(elems.tolist()):
+        saved = flat[e].clone()
+        try:
+            flat[e] = values[k]
+            out[k] = as_loss(closure(), p.device).to(torch.float64)
+        finally:
+            flat[e] = saved
+    return out
+
+
+class HybridCD(torch.optim.Optimizer):
+    """Hybrid coordinate descent: a gradient step or a coordinate line search per coordinate.
+
+    Jacobi coordinate descent (Hsiao and Dutta, arXiv 2408.01374): every coordinate is
+    updated at once from the same point x. Per coordinate i, with g_i = df/dx_i:
+
+    - ``|g_i| > threshold``: a gradient step, ``x*_i = x_i - lr g_i``;
+    - otherwise a line search along coordinate i alone: for s = threshold, threshold/2,
+      ..., threshold/2^(tries-1), evaluate f at ``x_i + s`` and ``x_i - s``; the first s
+      at which one of them is below f(x) gives ``x*_i`` (the lower of the two); if no s
+      does, ``x*_i = x_i``;
+
+    then ``x <- x + alpha (x* - x)``. The paper takes alpha = 1/(number of samples)
+    and lr = 1.
+
+    ``gradient="exact"`` takes g from autograd (parameters must require grad; a
+    ``ModelObjective`` closure is run with grad enabled), ``gradient="zeroth"`` from
+    central differences of radius ``eps`` (2 evaluations per coordinate). Line-search
+    points are evaluated in one batched call per tensor and halving when the closure
+    is a ``ModelObjective`` that vectorises the tensor, else one closure call each.
+    ``step(closure)`` returns f(x) before the step. ``evaluations`` counts function
+    evaluations (f(x), difference and line-search points), ``gradients`` backward passes.
+    """
+
+    def __init__(
+        self,
+        params,
+        threshold: float = 1e-3,
+        alpha: float = 0.1,
+        lr: float = 1.0,
+        gradient: str = "exact",
+        eps: float = 1e-3,
+        tries: int = 10,
+    ):
+        for name, value in (("threshold", threshold), ("alpha", alpha), ("lr", lr)):
+            v = finite_number(name, value, "HybridCD")
+            if v < 0 or (name != "lr" and v == 0):
+                raise ValueError(f"Invalid {name}: {value!r}; it must be > 0")
+        eps = finite_number("eps", eps, "HybridCD")
+        if eps <= 0:
+            raise ValueError(f"Invalid eps: {eps!r}; it must be > 0")
+        if gradient not in ("exact", "zeroth"):
+            raise ValueError(f"Invalid gradient: {gradient!r}; use 'exact' or 'zeroth'")
+        self.tries = _check_int("tries", tries)
+        self.gradient, self.eps = gradient, eps
+        super().__init__(params, dict(threshold=threshold, alpha=alpha, lr=lr))
+        for i, p in enumerate(q for g in self.param_groups for q in g["params"]):
+            if not p.is_floating_point() or not p.is_contiguous():
+                raise ValueError(
+                    f"HybridCD: parameter {i} must be a contiguous floating-point tensor "
+                    f"(got dtype {p.dtype}, contiguous={p.is_contiguous()})"
+                )
+            if gradient == "exact" and not p.requires_grad:
+                raise ValueError(
+                    f"HybridCD(gradient='exact'): parameter {i} does not require grad; "
+                    "call requires_grad_() on it or use gradient='zeroth'"
+                )
+        self.evaluations = 0
+        self.gradients = 0
+
+    def _exact(self, closure, params):
+        from .objective import ModelObjective
+
+        with torch.enable_grad():
+            if isinstance(closure, ModelObjective):
+                loss = closure.loss_fn(closure.model(closure.inputs), closure.targets)
+            else:
+                loss = closure()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        self.gradients += 1
+        self.evaluations += 1
+        f0 = loss.detach().to(torch.float64).reshape(())
+        return f0, [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+        ]
+
+    def _zeroth(self, closure, params):
+        f0 = as_loss(closure(), params[0].device).to(torch.float64)
+        self.evaluations += 1
+        grads = []
+        for p in params:
+            x = p.detach().reshape(-1)
+            elems = torch.arange(x.numel(), device=p.device)
+            plus, minus = x + self.eps, x - self.eps  # rounded to p's dtype
+            f = _losses_at(closure, p, elems.repeat(2), torch.cat([plus, minus]))
+            self.evaluations += 2 * x.numel()
+            h = (plus.to(torch.float64) - minus.to(torch.float64)).clamp_min(1e-300)
+            grads.append(((f[: x.numel()] - f[x.numel() :]) / h).to(p.dtype).view_as(p))
+        return f0, grads
+
+    @torch.no_grad()
+    def step(self, closure=None) -> torch.Tensor:
+        """One Jacobi sweep over every coordinate; returns f(x) before it."""
+        if closure is None:
+            raise TypeError("HybridCD.step needs a closure that returns the loss")
+        groups = [(g, p) for g in self.param_groups for p in g["params"]]
+        params = [p for _, p in groups]
+        f0, grads = (self._exact if self.gradient == "exact" else self._zeroth)(closure, params)
+        if not bool(torch.isfinite(f0)):
+            raise FloatingPointError(f"HybridCD: the loss at x is {float(f0)}; step not taken")
+        moves = []
+        for (group, p), g in zip(groups, grads, strict=True):
+            x, g = p.detach().reshape(-1), g.reshape(-1)
+            thr = group["threshold"]
+            move = torch.where(g.abs() > thr, -group["lr"] * g, torch.zeros_like(g))
+            todo = torch.nonzero(g.abs() <= thr).flatten()
+            s = thr
+            for _ in range(self.tries):
+                if todo.numel() == 0:
+                    break
+                k = todo.numel()
+                values = torch.cat([x[todo] + s, x[todo] - s])
+                f = _losses_at(closure, p, todo.repeat(2), values)
+                self.evaluations += 2 * k
+                fp, fm = f[:k], f[k:]
+                best = torch.minimum(fp, fm)
+                done = best < f0
+                step_s = torch.where(fp <= fm, values[:k], values[k:]) - x[todo]
+                move[todo[done]] = step_s[done].to(move.dtype)
+                todo = todo[~done]
+                s /= 2
+            moves.append((p, group["alpha"], move))
+        for p, alpha, move in moves:  # Jacobi: every move was found from the same x
+            p.view(-1).add_(alpha * move)
+        return f0.to(params[0].dtype if params[0].dtype == torch.float64 else torch.float32)
+
+
+__all__ += ["HybridCD"]
+
+
+# ---------------------------------------------------------------------------------
+# Greedy Coordinate Gradient (Zou et al. 2023), for discrete coordinates
+
+
+class GCG:
+    """Greedy Coordinate Gradient: minimise G(x) = loss(E[x]) over token sequences x.
+
+    ``embedding`` E is the [V, d] embedding matrix; ``loss_fn`` maps a batch of embedded
+    sequences [K, L, d] to K losses (it must be differentiable for the gradient). Each
+    ``step``:
+
+    1. the gradient of G with respect to the embedded sequence gives, at each position
+       i, a direction -g_i;
+    2. every vocabulary embedding is ranked by cosine similarity to -g_i and the
+       ``top_k`` best are kept (a zero embedding, or a position with g_i = 0, has no
+       defined cosine and proposes nothing);
+    3. every single-position swap among these (positions x top_k sequences) is
+       evaluated, in vectorised calls of at most ``batch_size`` sequences;
+    4. x becomes the best of them, even when it is worse than x (as in the original).
+
+    ``tokens`` is the current sequence (a LongTensor [L]), ``loss`` its G value;
+    ``evaluations`` counts evaluated sequences (one per candidate, one per gradient
+    forward), ``gradients`` backward passes.
+    """
+
+    def __init__(self, embedding, loss_fn, tokens, top_k: int = 256, batch_size: int = 1024):
+        if not isinstance(embedding, torch.Tensor) or embedding.dim() != 2:
+            raise ValueError("embedding must be a [vocabulary, dim] tensor")
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=embedding.device)
+        if tokens.dim() != 1 or tokens.numel() == 0:
+            raise ValueError(
+                f"tokens must be a non-empty 1-D sequence, got shape {tuple(tokens.shape)}"
+            )
+        V = embedding.shape[0]
+        if bool((tokens < 0).any() | (tokens >= V).any()):
+            raise ValueError(f"tokens must lie in [0, {V}), got {tokens.tolist()}")
+        self.E = embedding.detach()
+        self.loss_fn = loss_fn
+        self.top_k = min(_check_int("top_k", top_k), V)
+        self.batch_size = _check_int("batch_size", batch_size)
+        self.tokens = tokens.clone()
+        self.evaluations = 0
+        self.gradients = 0
+        norms = self.E.norm(dim=1)
+        self._unit = self.E / norms.clamp_min(1e-30)[:, None]
+        self._defined = norms > 0  # tokens whose cosine similarity is defined
+        self.loss = float(self.evaluate(self.tokens[None])[0])
+
+    @torch.no_grad()
+    def evaluate(self, sequences: torch.Tensor) -> torch.Tensor:
+        """G for each row of sequences [K, L], batch_size rows per call, as float64 [K]."""
+        out = [
+            self.loss_fn(self.E[sequences[s : s + self.batch_size]]).detach().double()
+            for s in range(0, sequences.shape[0], self.batch_size)
+        ]
+        self.evaluations += sequences.shape[0]
+        return torch.cat(out)
+
+    def candidates(self) -> torch.Tensor:
+        """The single-position swaps proposed by the gradient, as rows [K, L]."""
+        e = self.E[self.tokens].clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.loss_fn(e[None]).sum(), [e])
+        self.evaluations += 1
+        self.gradients += 1
+        rows = []
+        for i in range(self.tokens.numel()):
+            gnorm = g[i].norm()
+            if gnorm == 0:  # no direction: cosine undefined for every token
+                continue
+            cos = self._unit @ (-g[i] / gnorm)
+            cos = cos.masked_fill(~self._defined, -torch.inf)
+            k = min(self.top_k, int(self._defined.sum()))
+            swap = self.tokens.repeat(k, 1)
+            swap[:, i] = cos.topk(k).indices
+            rows.append(swap)
+        return torch.cat(rows) if rows else self.tokens[None][:0]
+
+    def step(self) -> float:
+        """One GCG iteration; returns the new G(x)."""
+        cand = self.candidates()
+        if cand.shape[0] == 0:
+            return self.loss  # a zero gradient everywhere: nothing to propose
+        losses = self.evaluate(cand)
+        best = int(torch.argmin(losses))
+        self.tokens, self.loss = cand[best].clone(), float(losses[best])
+        return self.loss
+
+
+__all__ += ["GCG"]
