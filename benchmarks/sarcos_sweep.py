@@ -202,6 +202,47 @@ def run_one(c: dict, fit: np.ndarray, val: np.ndarray) -> dict:
     }
 
 
+# ----------------------------------------------------------------------- plot
+def plot(result: dict, path: str) -> str:
+    """Left: every 'causes' curve; right: best validation MSE against lr per optimizer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for key, r in result["runs"].items():
+        if key.startswith("causes: "):
+            curve = [(i, v) for i, v in enumerate(r["val_mse_per_epoch"]) if v is not None]
+            label = key[8:] + ("" if r["status"] == "ok" else " (diverged)")
+            ax1.plot(*zip(*curve, strict=True), label=label, lw=1)
+    ax1.set(xlabel="epoch", ylabel="validation MSE (torque units)", yscale="log",
+            title="CoCD, paper settings with one change", ylim=(3, 3000))  # fmt: skip
+    ax1.legend(fontsize=6, ncol=2)
+    for opt, marker in (("cocd", "o"), ("spsa", "s"), ("zosgd", "^")):
+        pts = [(r["settings"]["lr"], r) for k, r in result["runs"].items()
+               if k.startswith(f"stability: {opt} lr ") and "momentum" not in k]  # fmt: skip
+        pts.sort(key=lambda t: t[0])
+        if not pts:
+            continue
+        lrs = [lr for lr, _ in pts]
+        ax2.plot(lrs, [r["best_val_mse"] for _, r in pts], marker=marker, label=f"{opt} best")
+        fin = [(lr, r["final_val_mse"]) for lr, r in pts if r["final_val_mse"] is not None]
+        if fin:
+            ax2.scatter(*zip(*fin, strict=True), marker=marker, facecolors="none",
+                        edgecolors="k", s=60)  # fmt: skip
+        for lr, r in pts:
+            if r["status"] != "ok":
+                ax2.annotate("div", (lr, r["best_val_mse"]), fontsize=7)
+    ax2.set(xscale="log", yscale="log", xlabel="lr", ylabel="validation MSE",
+            title="best (line) and final (circles); 'div' = diverged")  # fmt: skip
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sarcos_sweep", description=__doc__)
@@ -237,6 +278,8 @@ def main(argv=None) -> dict:
                   flush=True)  # fmt: skip
             os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
             paper.write_json(result, os.path.splitext(args.out)[0])
+    if result["runs"]:
+        print("plot:", plot(result, os.path.splitext(args.out)[0] + ".png"))
     return result
 
 
