@@ -13,6 +13,7 @@ default initialisation) and changes one thing:
 - ``causes``: candidate explanations for the divergence, one at a time, for CoCD (steps
   at the paper's count of 34,750, input scaling, initialisation, activation, width,
   standardised targets, lr, momentum, eps);
+- ``figures``: Figure 2 (eps, CoCD vs BCCD), Figure 3 (momentum, B), the B = 1 stress test;
 - ``stability``: the honest form of the stability claim, the learning rates (and CoCD
   momenta) at which CoCD, SPSA and ZO-SGD converge at the same budget of 2 x 64
   evaluations per step.
@@ -48,7 +49,7 @@ PAPER_STEPS = 50 * 695  # 44,484 training rows / batch 64 = 695 steps per epoch
 BASE = dict(
     optimizer="cocd", lr=1e-3, momentum=1.0, eps=1.0, budget=64, batch=64, epochs=50,
     weight_decay=1e-4, inputs="standardised", targets="raw", init="default",
-    activation="relu", hidden=64, steps=None, zo_eps=1e-3, seed=0,
+    activation="relu", hidden=64, steps=None, zo_eps=1e-3, seed=0, dtype="float32",
 )  # fmt: skip
 
 
@@ -63,6 +64,20 @@ def causes() -> list[tuple[str, dict]]:
     out += [(f"lr {v:g}", {"lr": v}) for v in (1e-4, 3e-4)]
     out += [(f"momentum {v:g}", {"momentum": v}) for v in (0.99, 0.95, 0.9)]
     out += [(f"eps {v:g}", {"eps": v}) for v in (0.1, 1e-3)]
+    out += [("float64", {"dtype": "float64"})]
+    return out
+
+
+def figures() -> list[tuple[str, dict]]:
+    """Figure 2 (eps, CoCD vs BCCD; BCCD's 1e-6 also in float64), Figure 3 (momentum, B)
+    and the B = 1 stress test, on the validation split."""
+    out = [(f"fig2 bccd eps {v:g}", {"optimizer": "bccd", "eps": v})
+           for v in (1.0, 0.1, 0.01, 1e-4, 1e-6)]  # fmt: skip
+    out += [("fig2 bccd eps 1e-06 float64", {"optimizer": "bccd", "eps": 1e-6, "dtype": "float64"})]
+    out += [(f"fig2 cocd eps {v:g}", {"eps": v}) for v in (1e-4, 0.01, 0.1, 1.0)]
+    out += [(f"fig3 momentum {v:g}", {"momentum": v}) for v in (0.0, 0.5, 0.9, 0.95, 0.99)]
+    out += [(f"fig3 B {v}", {"budget": v}) for v in (128, 256)]
+    out += [("stress B 1 momentum 0.95", {"budget": 1, "momentum": 0.95})]
     return out
 
 
@@ -78,7 +93,7 @@ def stability() -> list[tuple[str, dict]]:
     return out
 
 
-SWEEPS = {"causes": causes, "stability": stability}
+SWEEPS = {"causes": causes, "stability": stability, "figures": figures}
 
 
 # ----------------------------------------------------------------------- data and model
@@ -138,9 +153,10 @@ def build_model(c: dict) -> nn.Sequential:
 # ----------------------------------------------------------------------- one run
 def run_one(c: dict, fit: np.ndarray, val: np.ndarray) -> dict:
     """Train with one configuration; validation MSE (torque units) per epoch."""
-    xf, yf, xv, yv, scale = prepare(fit, val, c["inputs"], c["targets"])
+    dtype = getattr(torch, c["dtype"])
+    xf, yf, xv, yv, scale = (t.to(dtype) for t in prepare(fit, val, c["inputs"], c["targets"]))
     torch.manual_seed(c["seed"])
-    model = build_model(c)
+    model = build_model(c).to(dtype)
     s = dict(lr=c["lr"], weight_decay=c["weight_decay"], eps=c["eps"], bccd_eps=c["eps"],
              budget=c["budget"], momentum=c["momentum"], backend="auto", zo_lr=c["lr"],
              zo_eps=c["zo_eps"], seed=c["seed"], sgd_momentum=0.9)  # fmt: skip
@@ -212,12 +228,12 @@ def plot(result: dict, path: str) -> str:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     for key, r in result["runs"].items():
-        if key.startswith("causes: "):
+        if not key.startswith("stability: "):
             curve = [(i, v) for i, v in enumerate(r["val_mse_per_epoch"]) if v is not None]
-            label = key[8:] + ("" if r["status"] == "ok" else " (diverged)")
+            label = key.split(": ", 1)[1] + ("" if r["status"] == "ok" else " (diverged)")
             ax1.plot(*zip(*curve, strict=True), label=label, lw=1)
     ax1.set(xlabel="epoch", ylabel="validation MSE (torque units)", yscale="log",
-            title="CoCD, paper settings with one change", ylim=(3, 3000))  # fmt: skip
+            title="paper settings with one change", ylim=(3, 3000))  # fmt: skip
     ax1.legend(fontsize=6, ncol=2)
     for opt, marker in (("cocd", "o"), ("spsa", "s"), ("zosgd", "^")):
         pts = [(r["settings"]["lr"], r) for k, r in result["runs"].items()
@@ -236,7 +252,8 @@ def plot(result: dict, path: str) -> str:
                 ax2.annotate("div", (lr, r["best_val_mse"]), fontsize=7)
     ax2.set(xscale="log", yscale="log", xlabel="lr", ylabel="validation MSE",
             title="best (line) and final (circles); 'div' = diverged")  # fmt: skip
-    ax2.legend(fontsize=8)
+    if ax2.lines:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -246,7 +263,7 @@ def plot(result: dict, path: str) -> str:
 # ----------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sarcos_sweep", description=__doc__)
-    p.add_argument("--sweep", default="all", choices=[*SWEEPS, "all"])
+    p.add_argument("--sweep", default="all", choices=[*SWEEPS, "all"], help="default: all")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--out", default=OUT)
     p.add_argument("--data", default=None)
