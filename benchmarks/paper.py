@@ -186,7 +186,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap to save time")
     p.add_argument("--train-limit", type=int, default=None, help="use N training rows")
-    p.add_argument("--test-limit", type=int, default=None, help="use N test rows")
+    p.add_argument("--test-limit", type=int, default=None, help="use N test rows (random)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument(
@@ -712,7 +712,9 @@ def main(argv=None) -> dict:
         keep = torch.randperm(len(ds.x_train), generator=gen)[: s["train_limit"]]
         ds.x_train, ds.y_train = ds.x_train[keep], ds.y_train[keep]
     if s["test_limit"] and s["test_limit"] < len(ds.x_test):
-        ds.x_test, ds.y_test = ds.x_test[: s["test_limit"]], ds.y_test[: s["test_limit"]]
+        # a random subset: test files may be sorted by class (the CIFAR-10 JPEG copy is)
+        keep = torch.randperm(len(ds.x_test), generator=gen)[: s["test_limit"]]
+        ds.x_test, ds.y_test = ds.x_test[keep], ds.y_test[keep]
     torch.manual_seed(s["seed"])
     init_model = models.build(s["model"])
     n = models.count_parameters(init_model)
