@@ -46,6 +46,11 @@ SARCOS_SPLIT_SEED = 0
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST = "test_batch"
+CIFAR_JPEG = "cifar10-jpeg-q75.tar.gz"  # JPEG copy of all 60,000 images (../shared/data)
+CIFAR_JPEG_SHA256 = "4c4c64191219bb0d642174fc7cd91a6fd198d75348c2c209d525c5d9c34ff31c"
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck")  # fmt: skip
+CIFAR_PER_CLASS = {"train": 5000, "test": 1000}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
@@ -339,16 +344,111 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def load_cifar10(data: str | None = None) -> Dataset:
-    """CIFAR-10 from the python pickle batches (``cifar-10-batches-py``).
+def cache_dir() -> str:
+    """Where decoded arrays are cached: $COCD_CACHE, else ~/.cache/cocd_cuda."""
+    base = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.environ.get("COCD_CACHE", os.path.join(base, "cocd_cuda"))
 
-    Looked for in DIR/cifar10/cifar-10-batches-py, DIR/cifar-10-batches-py, DIR/cifar10
-    and DIR. Images [N, 3, 32, 32], scaled to [0, 1] and normalised per channel. The
-    batch files' format (keys, shapes, dtypes) is checked; no checksum is known here.
+
+def decode_cifar_jpeg(path: str, check: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train"|"test": (uint8 [N, 3, 32, 32], int64 labels)} from the JPEG archive.
+
+    Members ``<split>/<class>/<name>.jpg`` are decoded with Pillow in sorted order (classes
+    in CIFAR-10's label order, files by name). With ``check`` every class must have 5,000
+    training and 1,000 test images. Decoded once, then read from an .npz cache keyed by
+    the archive's sha256 and Pillow's version (decoders may differ between versions).
     """
-    what = "CIFAR-10 (the python batches data_batch_1..5 and test_batch)"
+    import io
+    import tarfile
+
+    try:
+        import PIL
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"reading {path} needs Pillow: pip install pillow") from None
+    digest = sha256_file(path)
+    if check and digest != CIFAR_JPEG_SHA256:
+        raise DataError(
+            f"CIFAR-10: {path} is not the expected archive: its sha256 is {digest}, expected "
+            f"{CIFAR_JPEG_SHA256} (see ../shared/data/README.md)"
+        )
+    cache = os.path.join(cache_dir(), f"cifar10-jpeg-{digest[:16]}-pillow{PIL.__version__}.npz")
+    if os.path.isfile(cache):
+        with np.load(cache) as z:
+            return {k: (z[f"x_{k}"], z[f"y_{k}"]) for k in CIFAR_PER_CLASS}
+    images: dict[str, list] = {k: [] for k in CIFAR_PER_CLASS}
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/")
+            if not (member.isfile() and len(parts) == 3 and parts[2].endswith(".jpg")):
+                continue
+            split, cls, name = parts
+            if split not in images or cls not in CIFAR_CLASSES:
+                raise DataError(f"{path}: unexpected member {member.name}")
+            images[split].append((CIFAR_CLASSES.index(cls), name, member))
+        out = {}
+        for split, items in images.items():
+            items.sort(key=lambda t: (t[0], t[1]))
+            x = np.empty((len(items), 3, 32, 32), dtype=np.uint8)
+            for i, (_, _, member) in enumerate(items):
+                img = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+                if img.size != (32, 32):
+                    raise DataError(f"{path}: {member.name} is {img.size}, expected 32 x 32")
+                x[i] = np.asarray(img).transpose(2, 0, 1)
+            y = np.array([t[0] for t in items], dtype=np.int64)
+            counts = np.bincount(y, minlength=10).tolist()
+            if check and counts != [CIFAR_PER_CLASS[split]] * 10:
+                raise DataError(
+                    f"{path}: {split} label counts {counts}, expected "
+                    f"{CIFAR_PER_CLASS[split]} per class"
+                )
+            out[split] = (x, y)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, **{f"{a}_{k}": v for k, (x, y) in out.items() for a, v in (("x", x), ("y", y))})
+    os.replace(tmp, cache)
+    return out
+
+
+def load_cifar10(data: str | None = None, check: bool = True) -> Dataset:
+    """CIFAR-10 from the python pickle batches (``cifar-10-batches-py``) or the JPEG copy.
+
+    The official batches are looked for first, in DIR/cifar10/cifar-10-batches-py,
+    DIR/cifar-10-batches-py, DIR/cifar10 and DIR (their format is checked; no checksum is
+    known here); else ``cifar10-jpeg-q75.tar.gz`` in DIR/cifar10 or DIR (checksum, label
+    counts; see ``decode_cifar_jpeg``). Images [N, 3, 32, 32], scaled to [0, 1] and
+    normalised per channel.
+    """
+    what = (
+        "CIFAR-10 (the python batches data_batch_1..5 and test_batch, or cifar10-jpeg-q75.tar.gz)"
+    )
     subdirs = (os.path.join("cifar10", CIFAR_DIR), CIFAR_DIR, "cifar10")
-    first = _locate(data, subdirs, CIFAR_TEST, what)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+
+    def images(arr):
+        x = torch.from_numpy(arr).float().view(-1, 3, 32, 32) / 255.0
+        return (x - mean) / std
+
+    try:
+        first = _locate(data, subdirs, CIFAR_TEST, what)
+    except DataError as err:
+        try:
+            archive = _locate(data, ("cifar10",), CIFAR_JPEG, what)
+        except DataError:
+            raise err from None
+        arrays = decode_cifar_jpeg(archive, check)
+        (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
+        return Dataset(
+            "cifar10",
+            "classification",
+            images(x_tr),
+            torch.from_numpy(y_tr),
+            images(x_te),
+            torch.from_numpy(y_te),
+            10,
+            f"CIFAR-10 JPEG copy (quality 75) {archive} ({len(x_tr)} train / {len(x_te)} test)",
+        )
     folder = os.path.dirname(first)
     missing = [n for n in CIFAR_TRAIN if not os.path.isfile(os.path.join(folder, n))]
     if missing:
@@ -358,13 +458,6 @@ def load_cifar10(data: str | None = None) -> Dataset:
         )
     parts = [_read_cifar_batch(os.path.join(folder, n)) for n in CIFAR_TRAIN]
     x_te, y_te = _read_cifar_batch(first)
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-
-    def images(arr):
-        x = torch.from_numpy(arr).float().view(-1, 3, 32, 32) / 255.0
-        return (x - mean) / std
-
     x_tr = np.concatenate([p[0] for p in parts])
     y_tr = np.concatenate([p[1] for p in parts])
     return Dataset(

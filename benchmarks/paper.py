@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -102,12 +103,49 @@ MODEL_SETTINGS = {
 }
 DEFAULT_ZO_EPS = 1e-3  # random peers: MeZO's default radius (a direction has norm ~sqrt(n))
 
+# Paper-faithful presets (--preset): everything PAPER.md states for each experiment on top
+# of the task's Table 1 settings (weight decay, BCCD's radius 1e-6, SGD momentum 0.9, the
+# 3-conv + 1-FC CNN, raw SARCOS torques, 50 epochs). Where the paper is silent the choice
+# is documented in docs/REPRODUCTION.md. Command-line flags still override a preset.
+REPRODUCTION = os.path.join(RESULTS, "reproduction")
+PAPER_COMMON = dict(bccd_eps=1e-6, sgd_momentum=0.9, epochs=50, optimizers="cocd,bccd,sgd")
+PRESETS: dict[str, dict] = {
+    "paper-sarcos": dict(
+        PAPER_COMMON, task="sarcos", model="sarcos_mlp", weight_decay=1e-4, sarcos_targets="raw"
+    ),
+    "paper-mnist": dict(PAPER_COMMON, task="mnist", model="mnist_paper_cnn", weight_decay=1e-4),
+    "paper-cifar10": dict(
+        PAPER_COMMON, task="cifar10", model="cifar10_paper_cnn", weight_decay=5e-4
+    ),
+    # Figure 6 (Appendix E): ResNet-20, lr 0.1, weight decay 1e-4, B 2048, eps 1, 10 epochs,
+    # momentum in {0.5, 0.9, 0.95} (0.9 here; --momentum for the others) and BCCD.
+    "paper-resnet20": dict(
+        PAPER_COMMON,
+        task="cifar10",
+        model="resnet20",
+        lr=0.1,
+        weight_decay=1e-4,
+        momentum=0.9,
+        budget=2048,
+        eps=1.0,
+        epochs=10,
+        optimizers="cocd,bccd",
+    ),
+}
+
 
 # ----------------------------------------------------------------------- settings
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.paper",
         description="The paper's experiments: CoCD vs BCCD, SPSA, ZO-SGD, MeZO and SGD.",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="the paper's own settings for one experiment (flags still override); "
+        "results go to benchmarks/results/reproduction/",
     )
     p.add_argument("--task", default="digits", choices=sorted(TASKS))
     p.add_argument(
@@ -148,9 +186,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap to save time")
     p.add_argument("--train-limit", type=int, default=None, help="use N training rows")
-    p.add_argument("--test-limit", type=int, default=None, help="use N test rows")
+    p.add_argument("--test-limit", type=int, default=None, help="use N test rows (random)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the per-epoch checkpoints (bit for bit; --epochs may grow)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.add_argument(
+        "--checkpoints",
+        default=None,
+        help="checkpoint folder (default <out>/checkpoints/<name>; kept out of git)",
+    )
+    known, _ = p.parse_known_args(argv)
+    if known.preset:
+        p.set_defaults(out=REPRODUCTION, **PRESETS[known.preset])
     args = p.parse_args(argv)
     names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
     unknown = [s for s in names if s not in OPTIMIZERS]
@@ -273,8 +325,48 @@ def finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def train_one(name: str, init_model, ds, s: dict, device: str, progress: bool) -> dict:
-    """Train a copy of init_model with one optimizer; the run's record."""
+# Settings that may differ between an interrupted run and its --resume.
+RESUME_MAY_CHANGE = ("epochs", "threads")
+
+
+def _save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically: an interruption mid-write leaves the previous checkpoint intact."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def _load_checkpoint(path: str, name: str, s: dict) -> dict:
+    saved = torch.load(path, weights_only=False)  # this script's own file
+    old = {k: v for k, v in saved["settings"].items() if k not in RESUME_MAY_CHANGE}
+    new = {k: v for k, v in s.items() if k not in RESUME_MAY_CHANGE}
+    if old != new:
+        diff = {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys()
+                if old.get(k) != new.get(k)}  # fmt: skip
+        raise SystemExit(
+            f"--resume: checkpoint {path} ({name}) was made with other settings "
+            f"(saved, now): {diff}. Use the same flags, or --overwrite to start again."
+        )
+    return saved
+
+
+def train_one(
+    name: str,
+    init_model,
+    ds,
+    s: dict,
+    device: str,
+    progress: bool,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    on_epoch=None,
+) -> dict:
+    """Train a copy of init_model with one optimizer; the run's record.
+
+    With ``checkpoint`` the state (model, optimizer, batch order, curve) is saved after every
+    epoch; ``resume`` continues from it exactly where it stopped. ``on_epoch(record)`` gets
+    the record so far after each epoch (for partial results).
+    """
     model = copy.deepcopy(init_model).to(device)
     model.train()
     opt, per_step = make_optimizer(name, model.parameters(), s)
@@ -300,9 +392,25 @@ def train_one(name: str, init_model, ds, s: dict, device: str, progress: bool) -
         | {"seconds": 0.0, "evaluations": 0, "steps": 0}
     ]
     evaluations, total_steps, status, error = 0, 0, "ok", None
+    first = 1
+    if resume and checkpoint and os.path.isfile(checkpoint):
+        saved = _load_checkpoint(checkpoint, name, s)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        per_epoch, evaluations = saved["per_epoch"], saved["evaluations"]
+        total_steps = saved["steps"]
+        status, error = saved["status"], saved["error"]
+        first = saved["epoch"] + 1 if status == "ok" else s["epochs"] + 1
+        _say(f"  {name}: resumed after epoch {saved['epoch']} ({checkpoint})")
+
+    def record(final_status: str) -> dict:
+        return _record(name, per_epoch, metric, final_status, error, evaluations, per_step,
+                       total_steps, steps, hyperparameters(name, s, opt))  # fmt: skip
+
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    bar = _progress(s["epochs"] * steps, f"{s['task']} {name}", progress)
-    for epoch in range(1, s["epochs"] + 1):
+    bar = _progress(s["epochs"] * steps, f"{s['task']} {name}", progress, (first - 1) * steps)
+    for epoch in range(first, s["epochs"] + 1):
         perm = torch.randperm(n_rows, generator=gen).to(device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         done = 0
@@ -336,15 +444,23 @@ def train_one(name: str, init_model, ds, s: dict, device: str, progress: bool) -
         train_loss = float(loss_sum) / done if done else None
         if status == "ok" and not finite(train_loss):
             status = f"diverged in epoch {epoch}: non-finite training loss"
+        if status == "ok":
+            row = {"epoch": epoch, "train_loss": train_loss,
+                   **evaluate(model, xt, yt, kind, ds.info)}  # fmt: skip
+            row |= {"seconds": seconds, "evaluations": evaluations, "steps": total_steps}
+            per_epoch.append(row)
+            if not finite(row[metric]) or not finite(row["test_loss"]):
+                status = f"diverged in epoch {epoch}: non-finite test {metric}"
+        if checkpoint:
+            _save_checkpoint(checkpoint, {
+                "epoch": epoch, "settings": s, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "per_epoch": per_epoch, "evaluations": evaluations, "steps": total_steps,
+                "status": status, "error": error})  # fmt: skip
         if status != "ok":
-            bar.close()
             break
-        row = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, xt, yt, kind, ds.info)}
-        row |= {"seconds": seconds, "evaluations": evaluations, "steps": total_steps}
-        per_epoch.append(row)
-        if not finite(row[metric]) or not finite(row["test_loss"]):
-            status = f"diverged in epoch {epoch}: non-finite test {metric}"
-            break
+        if on_epoch is not None and epoch < s["epochs"]:
+            on_epoch(record(f"incomplete: {epoch} of {s['epochs']} epochs"))
         bar.set_postfix_str(f"train {train_loss:.4g} {metric} {row[metric]:.4g}")
         every = max(1, s["epochs"] // 5)
         if epoch % every == 0 or epoch == s["epochs"]:
@@ -354,11 +470,17 @@ def train_one(name: str, init_model, ds, s: dict, device: str, progress: bool) -
                 bar,
             )
     bar.close()
+    return record(status)
+
+
+def _record(name, per_epoch, metric, status, error, evaluations, per_step, total_steps, steps,
+            hyper) -> dict:  # fmt: skip
+    """One optimizer's run as it goes into the JSON."""
     trained = [r for r in per_epoch if r["epoch"] > 0]
     return {
         "optimizer": name,
         "metric": metric,
-        "final": per_epoch[-1][metric] if status == "ok" else None,
+        "final": None if status.startswith("diverged") else per_epoch[-1][metric],
         "per_epoch": per_epoch,
         "seconds_per_epoch": (sum(r["seconds"] for r in trained) / len(trained))
         if trained
@@ -369,7 +491,7 @@ def train_one(name: str, init_model, ds, s: dict, device: str, progress: bool) -
         "steps_per_epoch": steps,
         "status": status,
         "error": error,
-        "hyperparameters": hyperparameters(name, s, opt),
+        "hyperparameters": hyper,
     }
 
 
@@ -393,14 +515,14 @@ class _NoBar:
     def close(self): ...
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return _NoBar()
     try:
         from tqdm.auto import tqdm
     except ImportError:  # optional: the run works without it
         return _NoBar()
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _say(text: str, bar=None) -> None:
@@ -554,6 +676,21 @@ def plot(result: dict, stem: str) -> list[str]:
     return paths
 
 
+def output_name(args: argparse.Namespace, s: dict, device: str) -> str:
+    """<preset>-<device>, else <task>-<device> (<task>-<model>-<device> off the default)."""
+    if args.preset:
+        return f"{args.preset}-{device}"
+    if s["model"] == TASKS[args.task]["model"]:
+        return f"{args.task}-{device}"
+    return f"{args.task}-{s['model']}-{device}"
+
+
+def write_json(result: dict, stem: str) -> None:
+    with open(stem + ".json.tmp", "w") as fh:
+        json.dump(_json_safe(result), fh, indent=1, allow_nan=False)
+    os.replace(stem + ".json.tmp", stem + ".json")
+
+
 # ----------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -575,7 +712,9 @@ def main(argv=None) -> dict:
         keep = torch.randperm(len(ds.x_train), generator=gen)[: s["train_limit"]]
         ds.x_train, ds.y_train = ds.x_train[keep], ds.y_train[keep]
     if s["test_limit"] and s["test_limit"] < len(ds.x_test):
-        ds.x_test, ds.y_test = ds.x_test[: s["test_limit"]], ds.y_test[: s["test_limit"]]
+        # a random subset: test files may be sorted by class (the CIFAR-10 JPEG copy is)
+        keep = torch.randperm(len(ds.x_test), generator=gen)[: s["test_limit"]]
+        ds.x_test, ds.y_test = ds.x_test[keep], ds.y_test[keep]
     torch.manual_seed(s["seed"])
     init_model = models.build(s["model"])
     n = models.count_parameters(init_model)
@@ -598,38 +737,47 @@ def main(argv=None) -> dict:
         flush=True,
     )
     progress = not args.no_progress
-    runs = []
+    stem = os.path.join(args.out, output_name(args, s, device))
+    if os.path.exists(stem + ".json") and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"{stem}.json exists: pass --resume to continue that run, --overwrite to replace "
+            "it, or --out DIR to write elsewhere"
+        )
+    ckpt_dir = args.checkpoints or os.path.join(args.out, "checkpoints", os.path.basename(stem))
+    if args.overwrite and not args.resume and os.path.isdir(ckpt_dir):
+        shutil.rmtree(ckpt_dir)
+    result = {
+        "task": args.task,
+        "preset": args.preset,
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "command": "python -m benchmarks.paper " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": s,
+        "runs": [],
+        "checkpoints": ckpt_dir,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    runs = result["runs"]
     for name in args.optimizers:
         t0 = time.perf_counter()
-        run = train_one(name, init_model, ds, s, device, progress)
+
+        def partial(record):  # the curve so far, readable while the run goes on
+            write_json({**result, "runs": [*runs, record]}, stem)
+
+        run = train_one(name, init_model, ds, s, device, progress,
+                        os.path.join(ckpt_dir, f"{name}.pt"), args.resume, partial)  # fmt: skip
         run["wall_seconds"] = time.perf_counter() - t0
         runs.append(run)
+        write_json(result, stem)
         final = _fmt(run["final"], run["metric"])
         print(
             f"{name}: {run['metric']} {final} after {run['steps']} steps, "
             f"{run['evaluations']:,} evaluations, {run['wall_seconds']:.1f} s ({run['status']})",
             flush=True,
         )
-    result = {
-        "task": args.task,
-        "device": device,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": git_commit(),
-        "settings": s,
-        "runs": runs,
-    }
-    os.makedirs(args.out, exist_ok=True)
-    default_model = TASKS[args.task]["model"]
-    stem_name = (
-        f"{args.task}-{device}"
-        if s["model"] == default_model
-        else (f"{args.task}-{s['model']}-{device}")
-    )
-    stem = os.path.join(args.out, stem_name)
-    with open(stem + ".json", "w") as fh:
-        json.dump(_json_safe(result), fh, indent=1, allow_nan=False)
     table = markdown_table(result)
     with open(stem + ".md", "w") as fh:
         fh.write(table)

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import io
 import os
 import pickle
 import struct
@@ -211,3 +212,63 @@ def test_cifar10_missing_batch_and_foreign_pickle(tmp_path):
         pickle.dump({b"data": Evil(), b"labels": []}, fh)
     with pytest.raises(pickle.UnpicklingError, match="refused"):
         data.load_cifar10(str(tmp_path))
+
+
+# ----------------------------------------------------------------------- CIFAR-10 JPEG copy
+def fake_cifar_jpeg(path, per_class=(2, 1)):
+    """A tiny archive in the JPEG copy's layout: solid-colour images, class i has red 20*i."""
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in zip(("train", "test"), per_class, strict=True):
+            for label, cls in enumerate(data.CIFAR_CLASSES):
+                for k in range(n):
+                    img = Image.new("RGB", (32, 32), (20 * label, 10 * k, 200))
+                    buf = io.BytesIO()
+                    img.save(buf, format="JPEG", quality=75)
+                    info = tarfile.TarInfo(f"{split}/{cls}/{k:04d}.jpg")
+                    info.size = len(buf.getvalue())
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return str(path)
+
+
+def test_cifar10_jpeg_archive_is_decoded_checked_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("COCD_CACHE", str(tmp_path / "cache"))
+    os.makedirs(tmp_path / "cifar10")
+    archive = fake_cifar_jpeg(tmp_path / "cifar10" / data.CIFAR_JPEG)
+    # not the published archive: refused by its sha256, named in the message
+    with pytest.raises(data.DataError, match="sha256"):
+        data.load_cifar10(str(tmp_path))
+    # with its checksum accepted, the label counts (2 and 1 per class, not 5,000 and 1,000)
+    monkeypatch.setattr(data, "CIFAR_JPEG_SHA256", data.sha256_file(archive))
+    with pytest.raises(data.DataError, match="label counts"):
+        data.load_cifar10(str(tmp_path))
+    monkeypatch.setattr(data, "CIFAR_PER_CLASS", {"train": 2, "test": 1})
+    ds = data.load_cifar10(str(tmp_path))
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.x_test.shape == (10, 3, 32, 32)
+    assert ds.y_train.tolist() == [c for c in range(10) for _ in range(2)]  # label order
+    assert ds.y_test.tolist() == list(range(10))
+    # class 7's red channel is 140 (JPEG keeps a flat colour within a unit or two)
+    red = float(ds.x_test[7, 0].mean()) * data.CIFAR_STD[0] + data.CIFAR_MEAN[0]
+    assert abs(255 * red - 140) < 3
+    assert "JPEG" in ds.source
+    cached = os.listdir(tmp_path / "cache")
+    assert len(cached) == 1 and cached[0].endswith(".npz")
+    # the second load reads the cache, not the archive
+    os.remove(archive)
+    with open(archive, "wb") as fh:
+        fh.write(b"")
+    monkeypatch.setattr(data, "sha256_file", lambda p: data.CIFAR_JPEG_SHA256)
+    again = data.load_cifar10(str(tmp_path))
+    assert torch.equal(again.x_train, ds.x_train) and torch.equal(again.y_test, ds.y_test)
+
+
+def test_official_cifar_batches_take_precedence_over_the_jpeg_copy(tmp_path):
+    fake_cifar(tmp_path / "cifar10" / data.CIFAR_DIR)
+    with open(tmp_path / "cifar10" / data.CIFAR_JPEG, "wb") as fh:
+        fh.write(b"not read")
+    ds = data.load_cifar10(str(tmp_path))
+    assert len(ds.x_train) == 20 and "python batches" in ds.source

@@ -76,11 +76,16 @@ def test_digits_command_writes_json_table_and_plots(tmp_path, capsys):
         with open(png, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == [
+        "checkpoints",  # one per optimizer, for --resume
         "digits-cpu-epochs.png",
         "digits-cpu-evaluations.png",
         "digits-cpu.json",
         "digits-cpu.md",
     ]
+    ckpts = sorted(os.listdir(tmp_path / "checkpoints" / "digits-cpu"))
+    assert ckpts == sorted(
+        f"{name}.pt" for name in ("cocd", "bccd", "spsa", "zosgd", "mezo", "sgd")
+    )
     out = capsys.readouterr().out
     assert "| optimizer |" in out and "digits-cpu-epochs.png" in out
 
@@ -162,3 +167,87 @@ def test_models_match_the_paper():
     assert 265_000 <= models.count_parameters(resnet) <= 275_000  # "about 270k"
     assert sum(isinstance(m, models.BasicBlock) for m in resnet.modules()) == 9
     assert resnet(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ----------------------------------------------------------------------- paper presets
+def test_presets_hold_the_papers_settings():
+    """PAPER.md: Table 1 per task, plus weight decay, BCCD eps 1e-6, SGD momentum 0.9."""
+
+    def settings(preset):
+        args = paper.parse_args(["--preset", preset])
+        return args, paper.resolve_settings(args)
+
+    args, s = settings("paper-sarcos")
+    assert (s["task"], s["model"], s["sarcos_targets"]) == ("sarcos", "sarcos_mlp", "raw")
+    assert (s["lr"], s["momentum"], s["eps"], s["budget"], s["batch"]) == (1e-3, 1.0, 1.0, 64, 64)
+    assert (s["weight_decay"], s["bccd_eps"], s["sgd_momentum"], s["epochs"]) == (
+        1e-4, 1e-6, 0.9, 50)  # fmt: skip
+    assert args.optimizers == ["cocd", "bccd", "sgd"]
+    assert args.out.endswith(os.path.join("results", "reproduction"))
+    _, s = settings("paper-mnist")
+    assert (s["model"], s["lr"], s["momentum"], s["eps"], s["budget"], s["batch"]) == (
+        "mnist_paper_cnn", 1e-2, 0.99, 0.1, 256, 128)  # fmt: skip
+    assert (s["weight_decay"], s["bccd_eps"], s["sgd_momentum"], s["epochs"]) == (
+        1e-4, 1e-6, 0.9, 50)  # fmt: skip
+    _, s = settings("paper-cifar10")
+    assert (s["model"], s["budget"], s["weight_decay"], s["bccd_eps"]) == (
+        "cifar10_paper_cnn", 1024, 5e-4, 1e-6)  # fmt: skip
+    _, s = settings("paper-resnet20")  # Figure 6
+    assert (s["model"], s["lr"], s["batch"], s["weight_decay"], s["budget"], s["eps"]) == (
+        "resnet20", 0.1, 128, 1e-4, 2048, 1.0)  # fmt: skip
+    assert s["epochs"] == 10 and s["momentum"] in (0.5, 0.9, 0.95)
+    # flags still override a preset
+    s = paper.resolve_settings(paper.parse_args(["--preset", "paper-mnist", "--epochs", "3"]))
+    assert s["epochs"] == 3 and s["weight_decay"] == 1e-4
+
+
+def test_paper_cnn_is_three_convolutions_and_one_linear_layer():
+    for name, side, channels, budget, ratio in (
+        ("mnist_paper_cnn", 28, 1, 256, 0.013),  # "B = 256 is about 1.3%"
+        ("cifar10_paper_cnn", 32, 3, 1024, 0.042),  # "B = 1024 is about 4.2%"
+    ):
+        model = models.build(name)
+        kinds = [type(m) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert kinds == [nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.Linear]
+        n = models.count_parameters(model)
+        assert round(budget / n, 3) == ratio, n
+        assert model(torch.zeros(2, channels, side, side)).shape == (2, 10)
+
+
+def tiny(tmp_path, *extra):
+    argv = ["--task", "digits", "--optimizers", "cocd,spsa,sgd", "--max-steps-per-epoch", "3",
+            "--train-limit", "200", "--test-limit", "60", "--budget", "8", "--no-progress",
+            "--sgd-momentum", "0.9", "--weight-decay", "1e-4", "--out", str(tmp_path),
+            *extra]  # fmt: skip
+    return paper.main(argv)
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    whole = tiny(tmp_path / "whole", "--epochs", "3")
+    tiny(tmp_path / "cut", "--epochs", "1")  # an interrupted run: 1 of 3 epochs
+    resumed = tiny(tmp_path / "cut", "--epochs", "3", "--resume")
+    for a, b in zip(whole["runs"], resumed["runs"], strict=True):
+        assert a["per_epoch"][1:] != []
+        for key in ("train_loss", "test_loss", "test_accuracy", "evaluations", "steps"):
+            assert [e[key] for e in a["per_epoch"]] == [e[key] for e in b["per_epoch"]], key
+        name = f"{a['optimizer']}.pt"
+        ck_a = torch.load(tmp_path / "whole/checkpoints/digits-cpu" / name, weights_only=False)
+        ck_b = torch.load(tmp_path / "cut/checkpoints/digits-cpu" / name, weights_only=False)
+        assert ck_a["epoch"] == ck_b["epoch"] == 3
+        for k, v in ck_a["model"].items():
+            assert torch.equal(v, ck_b["model"][k]), k
+
+
+def test_results_are_not_overwritten_and_resume_checks_settings(tmp_path):
+    tiny(tmp_path, "--epochs", "1")
+    saved = (tmp_path / "digits-cpu.json").read_text()
+    with pytest.raises(SystemExit, match="--overwrite"):
+        tiny(tmp_path, "--epochs", "1")
+    assert (tmp_path / "digits-cpu.json").read_text() == saved
+    with pytest.raises(SystemExit, match="other settings"):
+        tiny(tmp_path, "--epochs", "2", "--resume", "--lr", "0.01")
+    again = tiny(tmp_path, "--epochs", "1", "--overwrite")
+    first = json.loads(saved)["runs"][0]["per_epoch"]
+    assert [e["test_loss"] for e in first] == [
+        e["test_loss"] for e in again["runs"][0]["per_epoch"]
+    ]
