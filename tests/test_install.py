@@ -109,3 +109,27 @@ def test_a_failed_compile_is_remembered_with_its_log(tmp_path, monkeypatch):
     log = reason.split("(log: ")[1].split(")")[0]
     assert "error" in Path(log).read_text().lower()
     assert _build.compile_on_first_use() == reason  # remembered: no second compile
+
+
+def _report(**env):
+    env = {**os.environ, **env}
+    out = subprocess.run(
+        [sys.executable, "-m", "cocd_cuda"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_python_m_cocd_cuda_reports_versions_backends_and_threads():
+    from cocd_cuda import backends
+
+    native = "native" in backends.available()
+    text = _report(OMP_NUM_THREADS="1")
+    assert f"torch {torch.__version__}" in text
+    assert f"native backend: {'yes' if native else 'no'}" in text
+    assert f"native CPU kernels: {'yes' if native else 'no'}" in text
+    assert f"native CUDA kernels: {'yes' if torch.cuda.is_available() and native else 'no'}" in text
+    assert "OpenMP 1" in text  # OMP_NUM_THREADS reaches the report
+    off = _report(COCD_NO_EXT="1")
+    assert "native backend: no: COCD_NO_EXT is set" in off
+    assert "runs the pure-PyTorch reference here" in off
