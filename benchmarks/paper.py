@@ -13,8 +13,9 @@ evaluations all use one fixed mini-batch.
 
 Writes ``<out>/<task>-<device>.json`` (``<task>-<model>-<device>`` for a non-default
 model), a markdown table (``.md``) and two PNG plots (the metric against epochs and
-against function evaluations); prints the table and the paths. ``--out`` defaults to
-``benchmarks/results``. See docs/paper.md for the settings and where they come from.
+against function evaluations); prints the table and the paths. ``--out`` defaults to a
+new folder under ``./cocd-results/``; the committed results are in ``benchmarks/results``.
+See docs/paper.md for the settings and where they come from.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ from torch.nn import functional as F
 import cocd_cuda
 from cocd_cuda import baselines
 
+from . import common, models
 from . import data as data_mod
-from . import models
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OPTIMIZERS = ("cocd", "bccd", "spsa", "zosgd", "mezo", "sgd")
 RANDOM_PEERS = {"spsa": baselines.SPSA, "zosgd": baselines.ZOSGD, "mezo": baselines.MeZO}
 
@@ -118,7 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="default: the task's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: a new ./cocd-results/paper-<time>)"
+    )
     p.add_argument(
         "--data", default=None, help=f"data folder (default ${data_mod.ENV}, then ../shared/data)"
     )
@@ -620,6 +622,7 @@ def main(argv=None) -> dict:
         "settings": s,
         "runs": runs,
     }
+    args.out = args.out or common.fresh_dir("paper")
     os.makedirs(args.out, exist_ok=True)
     default_model = TASKS[args.task]["model"]
     stem_name = (
