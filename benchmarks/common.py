@@ -12,7 +12,22 @@ from collections.abc import Callable
 
 import torch
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+RESULTS = os.path.join(os.path.dirname(__file__), "results")  # committed results
+
+
+def fresh_dir(name: str) -> str:
+    """A new folder ./cocd-results/<name>-<time> for one run's outputs.
+
+    The default for every benchmark's output, so that the committed results under
+    benchmarks/results change only when --out names them.
+    """
+    base = os.path.join("cocd-results", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}-{k}"
+    os.makedirs(path)
+    return path
 
 
 def timer(device: str) -> Callable[[Callable[[], object], int], float]:
@@ -75,8 +90,8 @@ def machine(device: str) -> dict:
 
 
 def write_result(result: dict, out: str | None, default_name: str) -> str:
-    """Write a benchmark's JSON to out (default: benchmarks/results/default_name)."""
-    out = out or os.path.join(RESULTS, default_name)
+    """Write a benchmark's JSON to out (default: default_name in a fresh_dir)."""
+    out = out or os.path.join(fresh_dir(default_name.removesuffix(".json")), default_name)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)

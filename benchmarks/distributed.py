@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 import cocd_cuda
 
-from .common import RESULTS, machine, write_result
+from .common import machine, write_result
 from .evaluation import task_inputs
 
 CASES = [("sarcos", "sequential", 60), ("sarcos", "layered", 450), ("mnist", "layered", 81)]
@@ -66,7 +66,7 @@ def measure(world, task, strategy, steps) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", default="1,2")
-    parser.add_argument("--out", default=os.path.join(RESULTS, "distributed-cpu.json"))
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
     worlds = [int(w) for w in args.worlds.split(",")]
     result = {"machine": machine("cpu"), "threads_per_process": 1, "cases": []}

@@ -13,8 +13,9 @@ evaluations all use one fixed mini-batch.
 
 Writes ``<out>/<task>-<device>.json`` (``<task>-<model>-<device>`` for a non-default
 model), a markdown table (``.md``) and two PNG plots (the metric against epochs and
-against function evaluations); prints the table and the paths. ``--out`` defaults to
-``benchmarks/results``. See docs/paper.md for the settings and where they come from.
+against function evaluations); prints the table and the paths. ``--out`` defaults to a
+new folder under ``./cocd-results/``; the committed results are in ``benchmarks/results``.
+See docs/paper.md for the settings and where they come from.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ from torch.nn import functional as F
 import cocd_cuda
 from cocd_cuda import baselines
 
+from . import common, models
 from . import data as data_mod
-from . import models
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OPTIMIZERS = ("cocd", "bccd", "spsa", "zosgd", "mezo", "sgd")
 RANDOM_PEERS = {"spsa": baselines.SPSA, "zosgd": baselines.ZOSGD, "mezo": baselines.MeZO}
 
@@ -107,7 +107,7 @@ DEFAULT_ZO_EPS = 1e-3  # random peers: MeZO's default radius (a direction has no
 # of the task's Table 1 settings (weight decay, BCCD's radius 1e-6, SGD momentum 0.9, the
 # 3-conv + 1-FC CNN, raw SARCOS torques, 50 epochs). Where the paper is silent the choice
 # is documented in docs/REPRODUCTION.md. Command-line flags still override a preset.
-REPRODUCTION = os.path.join(RESULTS, "reproduction")
+REPRODUCTION = os.path.join(common.RESULTS, "reproduction")
 PAPER_COMMON = dict(bccd_eps=1e-6, sgd_momentum=0.9, epochs=50, optimizers="cocd,bccd,sgd")
 PRESETS: dict[str, dict] = {
     "paper-sarcos": dict(
@@ -156,7 +156,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="default: the task's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=RESULTS, help="output folder (default benchmarks/results)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: a new ./cocd-results/paper-<time>)"
+    )
     p.add_argument(
         "--data", default=None, help=f"data folder (default ${data_mod.ENV}, then ../shared/data)"
     )
@@ -737,6 +739,7 @@ def main(argv=None) -> dict:
         flush=True,
     )
     progress = not args.no_progress
+    args.out = args.out or common.fresh_dir("paper")
     stem = os.path.join(args.out, output_name(args, s, device))
     if os.path.exists(stem + ".json") and not (args.resume or args.overwrite):
         raise SystemExit(

@@ -8,11 +8,6 @@ from . import native
 from .layout import ParamLayout
 from .reference import ReferenceEngine
 
-BUILD_HINT = (
-    "build it with `pip install --no-build-isolation -e .` from a source checkout "
-    "(see the README's Install section)"
-)
-
 
 def select(backend: str, layout: ParamLayout) -> type:
     """The engine class for ``backend`` ("auto", "reference" or "native")."""
@@ -22,8 +17,7 @@ def select(backend: str, layout: ParamLayout) -> type:
     if reason is None:
         return native.NativeEngine
     if backend == "native":
-        hint = f"; {BUILD_HINT}" if native.LOAD_ERROR else ""
-        raise RuntimeError(f"the native backend cannot run here: {reason}{hint}")
+        raise RuntimeError(f"the native backend cannot run here: {reason}")
     warnings.warn(f"cocd_cuda: running the reference implementation: {reason}", stacklevel=3)
     return ReferenceEngine
 

@@ -19,6 +19,8 @@ the host-side work (block evaluators, error messages, state_dict) without a devi
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 try:
@@ -26,6 +28,7 @@ try:
 except ImportError:  # numpy is optional: CPU evaluations then go through advance_
     _np = None
 
+from . import _build
 from .layout import as_loss
 from .reference import ReferenceEngine, evaluates_blocks, perturbed
 from .validation import check_unchanged
@@ -58,11 +61,21 @@ def _bits_view(p: torch.Tensor):
 
 
 def _load() -> str | None:
-    """Import the extension; returns why it is unavailable, or None."""
-    try:
-        from . import _C  # noqa: F401  (registers the ops)
-    except ImportError as exc:
-        return f"the extension cocd_cuda._C is not built ({exc})"
+    """Load the ops (the built extension, or one compiled on first use); why not, or None."""
+    if _build.flag("COCD_NO_EXT"):
+        return "COCD_NO_EXT is set"
+    if importlib.util.find_spec(f"{__package__}._C") is None:
+        reason = _build.compile_on_first_use()
+        if reason is not None:
+            return reason
+    else:
+        try:
+            from . import _C  # noqa: F401  (registers the ops)
+        except ImportError as exc:  # built, but for another torch or Python
+            return (
+                f"the extension cocd_cuda._C does not load ({exc}); rebuild it against the "
+                f"installed torch: `{_build.BUILD_COMMAND}` from the source checkout"
+            )
     _register_fakes()
     return None
 

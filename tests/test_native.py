@@ -341,6 +341,6 @@ def test_missing_extension_falls_back_or_says_how_to_build(monkeypatch):
     with pytest.warns(UserWarning, match="not built"):
         opt = CoCD([torch.zeros(3)])
     assert opt.backend == "reference"
-    with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e"):
+    with pytest.raises(RuntimeError, match=r"cannot run here: the extension cocd_cuda._C is not"):
         CoCD([torch.zeros(3)], backend="native")
     assert backends.available() == ["reference"]

@@ -1,0 +1,135 @@
+"""The package without a built extension: compiled on first use, or a message saying how."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocd_cuda import _build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Run in a copy of the package that has no _C: CoCD's native run on CPU must equal the
+# reference bit for bit, and the compile message must appear once (not on a cache hit).
+PROBE = """
+import torch
+import unbuilt as cocd_cuda
+from unbuilt import backends
+assert cocd_cuda.native.LOAD_ERROR is None, cocd_cuda.native.LOAD_ERROR
+def run(backend):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    opt = cocd_cuda.CoCD(model.parameters(), lr=0.05, compute_budget=7, memory_budget=20,
+                         momentum=0.9, backend=backend)
+    for _ in range(12):
+        opt.step(lambda: torch.nn.functional.mse_loss(model(x), y))
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+assert torch.equal(run("native"), run("reference"))
+print("native", backends.available())
+"""
+
+
+def _package_copy(tmp_path):
+    """cocd_cuda's Python files and csrc/, without any built extension.
+
+    Under another name, so that no installed cocd_cuda (an editable install's finder
+    included) can supply its _C.
+    """
+    pkg = tmp_path / "unbuilt"
+    pkg.mkdir()
+    for name in os.listdir(os.path.join(ROOT, "cocd_cuda")):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(ROOT, "cocd_cuda", name), pkg / name)
+    shutil.copytree(os.path.join(ROOT, "csrc"), pkg / "_csrc")
+    return tmp_path
+
+
+def test_compiles_on_first_use_then_loads_from_the_cache(tmp_path):
+    root = _package_copy(tmp_path)
+    env = dict(
+        os.environ, PYTHONPATH=str(root), COCD_CACHE_DIR=str(tmp_path / "cache"), COCD_FORCE_CPU="1"
+    )
+    env.pop("COCD_NO_EXT", None)
+
+    def probe():
+        return subprocess.run(
+            [sys.executable, "-c", PROBE],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    first = probe()
+    assert first.returncode == 0, first.stderr
+    assert "native ['reference', 'native']" in first.stdout
+    assert first.stderr.count("compiling the native extension on first use") == 1
+    second = probe()
+    assert second.returncode == 0, second.stderr
+    assert "compiling" not in second.stderr
+
+
+def test_without_ninja_says_what_to_install(tmp_path, monkeypatch):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
+    monkeypatch.setenv("COCD_CACHE_DIR", str(tmp_path))
+    reason = _build.compile_on_first_use()
+    assert "needs ninja (`pip install ninja`)" in reason
+    assert _build.BUILD_COMMAND in reason
+    assert not os.listdir(tmp_path)  # nothing cached: the next import tries again
+
+
+def test_without_sources_says_what_to_run(monkeypatch):
+    monkeypatch.setattr(_build, "source_dir", lambda: None)
+    reason = _build.compile_on_first_use()
+    assert "sources are not installed" in reason
+    assert "pip install --no-build-isolation -e ." in reason
+
+
+def test_a_failed_compile_is_remembered_with_its_log(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ops.cpp").write_text("this is not C++\n")
+    (src / "kernels").mkdir()
+    (src / "kernels" / "cpu_kernels.cpp").write_text("\n")
+    monkeypatch.setattr(_build, "source_dir", lambda: str(src))
+    monkeypatch.setenv("COCD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COCD_FORCE_CPU", "1")
+    if shutil.which("c++") is None or not torch.utils.cpp_extension.is_ninja_available():
+        pytest.skip("needs a C++ compiler and ninja")
+    reason = _build.compile_on_first_use()
+    assert reason.startswith("compiling the extension cocd_cuda._C on first use failed (log: ")
+    log = reason.split("(log: ")[1].split(")")[0]
+    assert "error" in Path(log).read_text().lower()
+    assert _build.compile_on_first_use() == reason  # remembered: no second compile
+
+
+def _report(**env):
+    env = {**os.environ, **env}
+    out = subprocess.run(
+        [sys.executable, "-m", "cocd_cuda"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_python_m_cocd_cuda_reports_versions_backends_and_threads():
+    from cocd_cuda import backends
+
+    native = "native" in backends.available()
+    text = _report(OMP_NUM_THREADS="1")
+    assert f"torch {torch.__version__}" in text
+    assert f"native backend: {'yes' if native else 'no'}" in text
+    assert f"native CPU kernels: {'yes' if native else 'no'}" in text
+    assert f"native CUDA kernels: {'yes' if torch.cuda.is_available() and native else 'no'}" in text
+    assert "OpenMP 1" in text  # OMP_NUM_THREADS reaches the report
+    off = _report(COCD_NO_EXT="1")
+    assert "native backend: no: COCD_NO_EXT is set" in off
+    assert "runs the pure-PyTorch reference here" in off
