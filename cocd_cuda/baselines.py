@@ -519,7 +519,7 @@ class HybridCD(torch.optim.Optimizer):
             raise ValueError(f"Invalid eps: {eps!r}; it must be > 0")
         if gradient not in ("exact", "zeroth"):
             raise ValueError(f"Invalid gradient: {gradient!r}; use 'exact' or 'zeroth'")
-        self.tries = _check_int("tries", tries)
+        self.tries = validation.integer("tries", tries)
         self.gradient, self.eps = gradient, eps
         super().__init__(params, dict(threshold=threshold, alpha=alpha, lr=lr))
         for i, p in enumerate(q for g in self.param_groups for q in g["params"]):
@@ -644,8 +644,8 @@ class GCG:
             raise ValueError(f"tokens must lie in [0, {V}), got {tokens.tolist()}")
         self.E = embedding.detach()
         self.loss_fn = loss_fn
-        self.top_k = min(_check_int("top_k", top_k), V)
-        self.batch_size = _check_int("batch_size", batch_size)
+        self.top_k = min(validation.integer("top_k", top_k), V)
+        self.batch_size = validation.integer("batch_size", batch_size)
         self.tokens = tokens.clone()
         self.evaluations = 0
         self.gradients = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import backends, validation
+from . import backends, closures, validation
 from .distributed import Share
 from .graphs import GraphedStep
 from .layout import ParamLayout
@@ -32,6 +32,7 @@ class CoCD(torch.optim.Optimizer):
     identical on every rank. ``timeout`` bounds, in seconds, the wait for other ranks.
     """
 
+    @torch.inference_mode(False)  # a CoCD built under inference_mode steps outside it
     def __init__(
         self,
         params,
@@ -67,6 +68,7 @@ class CoCD(torch.optim.Optimizer):
         super().__init__(params, defaults)
         check_params(self.param_groups)
         self._constructed = True
+        self._warned_backward = False
 
         layout = ParamLayout(self.param_groups)
         n = layout.n
@@ -109,19 +111,34 @@ class CoCD(torch.optim.Optimizer):
         self._check_group(len(self.param_groups) - 1)
 
     @torch.no_grad()
-    def step(self, closure=None) -> torch.Tensor:
+    def step(self, closure=None, *, objective=None) -> torch.Tensor:
         """Perform one CoCD step and return the loss estimate as a 0-dim tensor.
 
         Forward differences return f(x); central differences return the mean of
         (f(x + eps e_i) + f(x - eps e_i)) / 2 over the block, an O(eps^2) estimate of
         f(x) that costs no extra evaluation.
+
+        Closures written for gradient-based optimizers run as they are (see
+        ``cocd_cuda.closures``): one with a ``backward`` parameter gets
+        ``backward=False``; ``backward()`` calls inside are skipped, with a warning
+        once. ``objective`` (for frameworks that pass keyword arguments through to
+        ``step``) is what CoCD evaluates; ``closure`` is then called once per step,
+        before the evaluations, for the framework's hooks.
         """
+        once, closure = closures.split(closure, objective)
         if closure is None:
             raise TypeError(
                 "CoCD.step needs a closure that returns the loss, e.g. "
                 "opt.step(lambda: loss_fn(model(x), y))"
             )
-        return self._engine.step(closure, self._hyperparameters())
+        with closures.skipping_backward() as called:
+            if once is not None:
+                once()
+            loss = self._engine.step(closure, self._hyperparameters())
+        if called[0] and not self._warned_backward:
+            self._warned_backward = True
+            closures.warn_backward(stacklevel=2)
+        return loss
 
     def graphed(self, closure) -> GraphedStep:
         """A callable that takes one step of ``closure`` per call, replayed from CUDA graphs.
