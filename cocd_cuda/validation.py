@@ -234,6 +234,7 @@ def check_unchanged(layout, contiguous: bool = False) -> None:
             or p.dtype != layout.dtypes[i]
             or p.device != layout.device
             or (contiguous and not p.is_contiguous())
+            or p.data_ptr() % p.element_size()
         ):
             now = f"{p.numel()} elements of {p.dtype} on {p.device}"
             if contiguous and not p.is_contiguous():
