@@ -262,6 +262,7 @@ def minimize(
         return result(x, f_final, nit, status, opt)
     finally:
         if bar is not None:
+            bar.refresh()  # show the final count: updates between refreshes are throttled
             bar.close()
 
 

@@ -150,8 +150,9 @@ def test_gtol_stops_at_a_stationary_point():
 
 def test_progress_bar_counts_evaluations(capsys):
     pytest.importorskip("tqdm")
-    res = minimize(quad, [1.0, -2.0], max_evals=30, progress=True)
-    assert res.nfev <= 30
+    res = minimize(quad, [1.0, -2.0], max_evals=30, compute_budget=2, progress=True)
+    assert res.nfev == 1 + 7 * 4 + 1
+    assert f"{res.nfev}/30" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
