@@ -84,7 +84,7 @@ def figures() -> list[tuple[str, dict]]:
 def stability() -> list[tuple[str, dict]]:
     """lr grid for CoCD, SPSA and ZO-SGD at equal budget; CoCD momentum at its lr."""
     out = []
-    for lr in (3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5):  # the diverging (short) runs first
+    for lr in (3e-3, 1e-3, 3e-4, 1e-4, 3e-5):  # the diverging (short) runs first
         for opt in ("cocd", "spsa", "zosgd"):
             out.append((f"{opt} lr {lr:g}", {"optimizer": opt, "lr": lr}))
     for mom in (0.9, 0.99):
@@ -218,6 +218,21 @@ def run_one(c: dict, fit: np.ndarray, val: np.ndarray) -> dict:
     }
 
 
+# ----------------------------------------------------------------------- outputs
+def markdown(result: dict) -> str:
+    """One row per run: status, converged, best and final validation MSE, steps, seconds."""
+    f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = ["| run | status | converged | best | final | steps | seconds |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, r in result["runs"].items():
+        lines.append(
+            f"| {key.split(': ', 1)[1]} | {r['status']} | {'yes' if r['converged'] else 'no'} "
+            f"| {f(r['best_val_mse'])} | {f(r['final_val_mse'])} | {r['steps']} "
+            f"| {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------- plot
 def plot(result: dict, path: str) -> str:
     """Left: every 'causes' curve; right: best validation MSE against lr per optimizer."""
@@ -269,7 +284,12 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=None)
     p.add_argument("--resume", action="store_true", help="keep finished runs in --out")
     p.add_argument("--only", default=None, help="run only names containing this text")
+    p.add_argument("--table", action="store_true", help="print --out's table and exit")
     args = p.parse_args(argv)
+    if args.table:
+        with open(args.out) as fh:
+            print(markdown(json.load(fh)))
+        return {}
     torch.set_num_threads(1)
     fit, val = load_rows(args.data)
     result = {"fit_rows": len(fit), "validation_rows": len(val), "runs": {}}
@@ -296,6 +316,10 @@ def main(argv=None) -> dict:
             os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
             paper.write_json(result, os.path.splitext(args.out)[0])
     if result["runs"]:
+        table = markdown(result)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as fh:
+            fh.write(table)
+        print("\n" + table)
         print("plot:", plot(result, os.path.splitext(args.out)[0] + ".png"))
     return result
 

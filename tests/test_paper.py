@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -251,3 +252,20 @@ def test_results_are_not_overwritten_and_resume_checks_settings(tmp_path):
     assert [e["test_loss"] for e in first] == [
         e["test_loss"] for e in again["runs"][0]["per_epoch"]
     ]
+
+
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(paper.data_mod.resolve_data_dir(None)[0] or "", "sarcos",
+                                    paper.data_mod.SARCOS_TEST)),
+    reason="the shared data folder (../shared/data) is not present",
+)  # fmt: skip
+def test_sarcos_sweep_validates_on_training_rows_only():
+    from benchmarks import sarcos_sweep
+
+    fit, val = sarcos_sweep.load_rows(None)
+    ds = paper.data_mod.load_sarcos(None, standardise_targets=False)
+    assert (len(fit), len(val)) == (2847, 712) and len(fit) + len(val) == len(ds.y_train)
+    key = lambda rows: sorted(map(tuple, rows.round(3).tolist()))  # noqa: E731
+    torques = np.concatenate([fit[:, 21:], val[:, 21:]]).astype(np.float32)
+    assert key(torques) == key(ds.y_train.numpy())  # exactly the training rows
+    assert not set(key(val[:, 21:].astype(np.float32))) & set(key(ds.y_test.numpy()))
