@@ -153,6 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=int, default=None, help="use N test rows")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    common.show_defaults(p)
     args = p.parse_args(argv)
     names = [s.strip() for s in args.optimizers.split(",") if s.strip()]
     unknown = [s for s in names if s not in OPTIMIZERS]

@@ -1,4 +1,4 @@
-"""Pure-PyTorch CoCD: the executable specification (../shared/design/ALGORITHM.md).
+"""Pure-PyTorch CoCD: the executable specification (docs/ALGORITHM.md).
 
 Plain torch ops, one coordinate at a time, so that every rule of the algorithm can be
 read off the code. The native engine keeps the same state and must agree with this
