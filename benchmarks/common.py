@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,6 +29,16 @@ def fresh_dir(name: str) -> str:
         path = f"{base}-{k}"
     os.makedirs(path)
     return path
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Make --help show each option's default, unless its help text already says it."""
+    parser.epilog = parser.epilog or "Run from the repository root: python -m benchmarks.<name>."
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0 or action.default is None:
+            continue
+        if "default" not in (action.help or "").lower():
+            action.help = f"{action.help or ''} (default: %(default)s)".strip()
 
 
 def timer(device: str) -> Callable[[Callable[[], object], int], float]:

@@ -6,7 +6,7 @@ environment variable ``COCD_DATA``, else ``../shared/data`` (beside this reposit
 relative to the current directory) when it exists. Inside it each dataset is looked for
 in its own subfolder (``mnist/``, ``sarcos/``, ``cifar10/``) and then at the top level.
 MNIST and SARCOS files are checked against the sha256 sums listed in
-``../shared/data/README.md`` (the SARCOS training file, which that folder lacks, against
+docs/data.md (the SARCOS training file, which that folder lacks, against
 its git blob id); a missing or different file raises ``DataError`` saying which file,
 where it was looked for and how to provide it.
 
@@ -151,7 +151,7 @@ def verify(path: str, expected: str, what: str, kind: str = "sha256") -> None:
     if got != expected:
         raise DataError(
             f"{what}: {path} is not the expected file: its {kind} is {got}, expected "
-            f"{expected} (see ../shared/data/README.md). Replace it with the original file "
+            f"{expected} (see docs/data.md). Replace it with the original file "
             f"or point --data / ${ENV} at a folder that holds the original."
         )
 

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 import cocd_cuda
 
-from .common import machine, write_result
+from .common import machine, show_defaults, write_result
 from .evaluation import task_inputs
 
 CASES = [("sarcos", "sequential", 60), ("sarcos", "layered", 450), ("mnist", "layered", 81)]
@@ -66,7 +66,10 @@ def measure(world, task, strategy, steps) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", default="1,2")
-    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--out", default=None, help="JSON file (default: a new ./cocd-results/ folder)"
+    )
+    show_defaults(parser)
     args = parser.parse_args()
     worlds = [int(w) for w in args.worlds.split(",")]
     result = {"machine": machine("cpu"), "threads_per_process": 1, "cases": []}

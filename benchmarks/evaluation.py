@@ -20,7 +20,7 @@ from torch import nn
 
 import cocd_cuda
 
-from .common import compare, machine, write_result
+from .common import compare, machine, show_defaults, write_result
 from .models import mnist_cnn, sarcos_mlp
 
 TASKS = {
@@ -107,7 +107,10 @@ def main() -> None:
         help="default: sequential,batched,layered (and their graphed- forms on cuda)",
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--out", default=None, help="JSON file (default: a new ./cocd-results/ folder)"
+    )
+    show_defaults(parser)
     args = parser.parse_args()
     strategies = args.strategies or "sequential,batched,layered" + (
         ",graphed-sequential,graphed-batched,graphed-layered"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check in one call, for the lent GPU machine (see ../shared/design/BUILD.md):
-#   run(command="bash benchmarks/gpu.sh", carry=["_device/data"])   # data: optional
+# Every GPU check in one call, on a machine with a CUDA GPU, from the repository root:
+#   bash benchmarks/gpu.sh          # MNIST data in _device/data is optional
 # Builds the CUDA extension, runs the CUDA tests (pytest -m cuda, then the native and
 # graph suites on both devices), the kernel and evaluation benchmarks and, when MNIST
-# was carried in _device/data, a short MNIST run. Each step has a time limit, so the
-# whole call fits the device tool's 600 s per command. Logs and JSON go to $OUT (default
+# files are in _device/data, a short MNIST run. Each step has a time limit, so the
+# whole call takes at most about 10 minutes. Logs and JSON go to $OUT (default
 # benchmarks/results/gpu); copy the JSON into benchmarks/results/ and commit it.
 set -uo pipefail
 export PYTHONUNBUFFERED=1

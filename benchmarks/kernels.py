@@ -20,7 +20,7 @@ from torch import nn
 import cocd_cuda
 from cocd_cuda.reference import GroupHyper
 
-from .common import compare, machine, write_result
+from .common import compare, machine, show_defaults, write_result
 
 
 def reps_for(n: int, device: str) -> int:
@@ -176,7 +176,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", default="1e4,1e5,1e6,8e6")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--out", default=None, help="JSON file (default: a new ./cocd-results/ folder)"
+    )
+    show_defaults(parser)
     args = parser.parse_args()
     dev = args.device
     sizes = [int(float(s)) for s in args.sizes.split(",")]

@@ -202,6 +202,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="checkpoint folder (default <out>/checkpoints/<name>; kept out of git)",
     )
+    common.show_defaults(p)
     known, _ = p.parse_known_args(argv)
     if known.preset:
         p.set_defaults(out=REPRODUCTION, **PRESETS[known.preset])

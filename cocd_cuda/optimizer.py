@@ -129,7 +129,11 @@ class CoCD(torch.optim.Optimizer):
         if closure is None:
             raise TypeError(
                 "CoCD.step needs a closure that returns the loss, e.g. "
-                "opt.step(lambda: loss_fn(model(x), y))"
+                "opt.step(lambda: loss_fn(model(x), y)): CoCD evaluates the loss itself, "
+                "at 2B perturbed points. Frameworks that run backward() and then call "
+                "step() without a closure (Hugging Face Trainer, PyTorch Lightning's "
+                "automatic optimization) cannot drive it that way: write a loop that "
+                "calls opt.step(closure), or use Lightning's manual optimization"
             )
         with closures.skipping_backward() as called:
             if once is not None:

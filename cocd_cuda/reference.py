@@ -1,4 +1,4 @@
-"""Pure-PyTorch CoCD: the executable specification (../shared/design/ALGORITHM.md).
+"""Pure-PyTorch CoCD: the executable specification (docs/ALGORITHM.md).
 
 Plain torch ops, one coordinate at a time, so that every rule of the algorithm can be
 read off the code. The native engine keeps the same state and must agree with this
@@ -197,8 +197,11 @@ class ReferenceEngine:
         return FloatingPointError(
             f"non-finite loss or estimate at step {self.t} for coordinate {i} "
             f"(f+={float(f_plus[j])}, f-={float(f_minus[j])}); parameters and "
-            "optimizer state are unchanged. Check the closure, lower eps or lr, or "
-            "pass nonfinite='zero' to refresh such coordinates with 0."
+            "optimizer state are unchanged. The closure must compute the same function "
+            "at every call of a step: with the model in train mode (dropout), a batch "
+            "drawn inside the closure or other randomness, the differences are noise; "
+            "call model.eval() and fix the batch before the step. Otherwise lower eps "
+            "or lr, or pass nonfinite='zero' to refresh such coordinates with 0."
         )
 
     def _commit(self, g: torch.Tensor, hyper: list[GroupHyper]) -> None:

@@ -133,3 +133,9 @@ def test_python_m_cocd_cuda_reports_versions_backends_and_threads():
     off = _report(COCD_NO_EXT="1")
     assert "native backend: no: COCD_NO_EXT is set" in off
     assert "runs the pure-PyTorch reference here" in off
+
+
+def test_baselines_are_an_attribute_of_the_package():
+    code = "import cocd_cuda as c; print(c.baselines.SPSA.__name__, c.baselines.MeZO.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == ["SPSA", "MeZO"], out.stderr

@@ -43,3 +43,16 @@ def test_write_result_default_is_a_fresh_folder(tmp_path, monkeypatch):
     assert os.path.basename(a) == "kernels-cpu.json"
     explicit = common.write_result({"x": 3}, str(tmp_path / "here.json"), "kernels-cpu.json")
     assert explicit == str(tmp_path / "here.json") and os.path.isfile(explicit)
+
+
+def test_help_shows_every_default_and_where_to_run_from(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        paper.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED (default: 0)" in text
+    assert "--device {cpu,cuda} (default: cpu)" in text
+    assert "--zo-eps ZO_EPS SPSA/ZO-SGD/MeZO radius (default: 0.001)" in text
+    assert text.count("(default: cocd,bccd,spsa)") == 1  # not repeated where help says it
+    assert "Run from the repository root: python -m benchmarks.<name>." in text
