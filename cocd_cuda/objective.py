@@ -217,9 +217,19 @@ class ModelObjective:
         return self.loss_fn(out) if self.targets is None else self.loss_fn(out, self.targets)
 
     def _check_loss(self) -> None:
-        """Compute the loss once, so a loss that cannot take the output fails now."""
+        """Compute the loss once, so a loss that cannot take the output fails now.
+
+        In eval mode, so that the check changes no running statistics.
+        """
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = _call(self.model, self.inputs)
+        finally:
+            for m, mode in modes:
+                m.training = mode
         with torch.no_grad():
-            out = _call(self.model, self.inputs)
             try:
                 value = self._loss(out)
             except Exception as exc:

@@ -165,3 +165,13 @@ def test_compiled_model_keeps_the_layered_strategy():
     for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
     assert not torch.equal(model[0].weight, start)  # the steps moved the compiled model
+
+
+def test_construction_check_leaves_running_statistics_and_modes():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Dropout(0.5)).double()
+    model[2].eval()  # mixed modes survive the check
+    x = torch.randn(8, 4, dtype=torch.float64) + 3.0
+    before = model[1].running_mean.clone()
+    ModelObjective(model, F.mse_loss, x, torch.zeros(8, 3, dtype=torch.float64), "sequential")
+    assert torch.equal(model[1].running_mean, before)  # a train-mode forward would move it
+    assert [m.training for m in model] == [True, True, False]
