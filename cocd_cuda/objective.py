@@ -132,39 +132,56 @@ def _layered_problem(layers: list[nn.Module] | None) -> str | None:
 
 
 class ModelObjective:
-    """``f(x) = loss_fn(model(inputs), targets)``, callable with no arguments.
+    """``f(x) = loss_fn(output(model(inputs)), targets)``, callable with no arguments.
 
     Use it as the closure of ``CoCD.step`` (or of any optimizer). Change the
-    mini-batch between steps with ``set_batch``. ``memory_cap`` bounds, in bytes, what
-    one vectorised evaluation may allocate (default: a quarter of free memory).
-    ``loss_fn`` must reduce to a scalar (mean or sum) and be vmappable, as the
-    built-in losses are.
+    mini-batch between steps with ``set_batch``. ``inputs`` is a tensor, a dict of
+    keyword arguments (``model(**inputs)``, e.g. ``input_ids`` and ``attention_mask``)
+    or a tuple of positional ones. ``output`` picks what the loss takes from the model's
+    output: a name (``"logits"``: a key or attribute) or a function. With ``targets``
+    None the loss is ``loss_fn(output(...))``. The loss is computed once at
+    construction, so a loss that cannot take the model's output fails here.
+    ``memory_cap`` bounds, in bytes, what one vectorised evaluation may allocate
+    (default: a quarter of free memory). ``loss_fn`` must reduce to a scalar (mean or
+    sum) and be vmappable, as the built-in losses are. A ``torch.compile``d model is
+    called as it is; its original module serves the layered and batched strategies.
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss_fn,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
+        inputs,
+        targets: torch.Tensor | None = None,
         strategy: str = "auto",
         memory_cap: int | None = None,
+        *,
+        output=None,
     ):
         if strategy not in STRATEGIES:
             raise ValueError(f"Invalid strategy: {strategy!r}; use one of {STRATEGIES}")
         if memory_cap is not None and (not isinstance(memory_cap, int) or memory_cap <= 0):
             raise ValueError(f"Invalid memory_cap: {memory_cap!r}; give a positive byte count")
+        if output is not None and not (isinstance(output, str) or callable(output)):
+            raise TypeError(
+                f"output must be a name (e.g. 'logits') or a function of the model's output, "
+                f"got {type(output).__name__}"
+            )
         self.model = model
+        self._net = getattr(model, "_orig_mod", model)  # a torch.compile'd model's module
         self.loss_fn = loss_fn
+        self.output = output
         self.set_batch(inputs, targets)
-        self.memory_cap = memory_cap or default_memory_cap(inputs.device)
-        self._names = {id(p): name for name, p in model.named_parameters()}
-        self._layers = _flatten(model)
+        self._check_loss()
+        self.memory_cap = memory_cap or default_memory_cap(_first_tensor(inputs).device)
+        self._names = {id(p): name for name, p in self._net.named_parameters()}
+        one_tensor = isinstance(inputs, torch.Tensor)
+        self._layers = _flatten(self._net) if one_tensor else None
         self._owner: dict[int, tuple[int, str]] = {}
         for i, layer in enumerate(self._layers or []):
             for pname, p in layer.named_parameters(recurse=False):
                 self._owner[id(p)] = (i, pname)
-        problem = _layered_problem(self._layers)
+        problem = _layered_problem(self._layers) if one_tensor else "the inputs are not one tensor"
         if strategy == "layered" and problem is not None:
             raise ValueError(f"strategy='layered' cannot run this model: {problem}")
         if strategy == "auto":
@@ -178,13 +195,55 @@ class ModelObjective:
         self.strategy = strategy
         self._loss_vmappable = True
 
-    def set_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    def set_batch(self, inputs, targets: torch.Tensor | None = None) -> None:
         """Use this mini-batch from the next evaluation on."""
+        if _first_tensor(inputs) is None:
+            raise TypeError(
+                f"inputs must be a tensor, a dict of keyword arguments or a tuple of "
+                f"positional ones holding at least one tensor, got {type(inputs).__name__}"
+            )
         self.inputs, self.targets = inputs, targets
 
     def __call__(self) -> torch.Tensor:
         with torch.no_grad():
-            return self.loss_fn(self.model(self.inputs), self.targets)
+            return self._loss(_call(self.model, self.inputs))
+
+    def _loss(self, out) -> torch.Tensor:
+        """The loss of one model output: ``output`` selects, ``loss_fn`` reduces."""
+        if isinstance(self.output, str):
+            out = out[self.output] if isinstance(out, dict) else getattr(out, self.output)
+        elif self.output is not None:
+            out = self.output(out)
+        return self.loss_fn(out) if self.targets is None else self.loss_fn(out, self.targets)
+
+    def _check_loss(self) -> None:
+        """Compute the loss once, so a loss that cannot take the output fails now.
+
+        In eval mode, so that the check changes no running statistics.
+        """
+        modes = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = _call(self.model, self.inputs)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        with torch.no_grad():
+            try:
+                value = self._loss(out)
+            except Exception as exc:
+                raise TypeError(
+                    f"ModelObjective: the loss cannot take the model's output "
+                    f"({type(exc).__name__}: {exc}). The model returns {_describe(out)}; "
+                    "pass output='logits' (a key or attribute) or output=lambda o: ... to "
+                    "give the loss the tensor it expects"
+                ) from exc
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError(
+                f"ModelObjective: the loss must be a scalar tensor, got {_describe(value)}; "
+                "reduce it (mean or sum) in loss_fn"
+            )
 
     # ------------------------------------------------------------------ block
     def evaluate_block(self, block: Block) -> torch.Tensor:
@@ -246,7 +305,7 @@ class ModelObjective:
 
     def unperturbed(self, acts: list[torch.Tensor] | None) -> torch.Tensor:
         """f(x), from the activations when there are some."""
-        f0 = self.loss_fn(acts[-1], self.targets) if acts is not None else self()
+        f0 = self._loss(acts[-1]) if acts is not None else self()
         return f0.detach().reshape(())
 
     def point_losses(self, p, elems, values, base, acts) -> torch.Tensor:
@@ -276,12 +335,12 @@ class ModelObjective:
         """loss_fn of each leading slice of outputs against the targets."""
         if self._loss_vmappable:
             try:
-                return vmap(lambda o: self.loss_fn(o, self.targets))(outputs)
+                return vmap(self._loss)(outputs)
             except RuntimeError as exc:
                 if "synchronizing CUDA operation" in str(exc):  # CoCD.graphed's check
                     raise
                 self._loss_vmappable = False
-        return torch.stack([self.loss_fn(o, self.targets) for o in outputs])
+        return torch.stack([self._loss(o) for o in outputs])
 
     # ------------------------------------------------------------- strategies
     def _sequential(self, p, offsets: list[int], values) -> torch.Tensor:
@@ -304,10 +363,10 @@ class ModelObjective:
         copies = copies.view(K, *p.shape)
         name = self._names[id(p)]
 
+        args, kwargs = _arguments(self.inputs)
+
         def f(w):
-            return self.loss_fn(
-                functional_call(self.model, {name: w}, (self.inputs,)), self.targets
-            )
+            return self._loss(functional_call(self._net, {name: w}, args, kwargs))
 
         return vmap(f)(copies)
 
@@ -325,7 +384,7 @@ class ModelObjective:
 
     def _forward_bytes(self) -> int:
         """Activation bytes of one forward pass (measured once per batch shape)."""
-        key = tuple(self.inputs.shape)
+        key = _shapes(self.inputs)
         if getattr(self, "_fwd_key", None) != key:
             total = 0
 
@@ -334,7 +393,7 @@ class ModelObjective:
                 if isinstance(out, torch.Tensor):
                     total += out.numel() * out.element_size()
 
-            leaves = [m for m in self.model.modules() if not list(m.children())]
+            leaves = [m for m in self._net.modules() if not list(m.children())]
             handles = [m.register_forward_hook(hook) for m in leaves]
             try:
                 self()
@@ -489,6 +548,38 @@ def _conv_patch(layer: nn.Conv2d, inp, out, elems) -> torch.Tensor:
     rows = a[:, None] * dh + sh * torch.arange(ho, device=out.device)
     cols = b[:, None] * dw + sw * torch.arange(wo, device=out.device)
     return padded[:, ci[:, None, None], rows[:, :, None], cols[:, None, :]].transpose(0, 1)
+
+
+def _arguments(inputs) -> tuple[tuple, dict]:
+    """The model's (args, kwargs) for these inputs."""
+    if isinstance(inputs, dict):
+        return (), inputs
+    return (tuple(inputs), {}) if isinstance(inputs, (tuple, list)) else ((inputs,), {})
+
+
+def _call(model, inputs):
+    args, kwargs = _arguments(inputs)
+    return model(*args, **kwargs)
+
+
+def _first_tensor(inputs) -> torch.Tensor | None:
+    args, kwargs = _arguments(inputs)
+    return next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+
+
+def _shapes(inputs) -> tuple:
+    args, kwargs = _arguments(inputs)
+    return tuple(getattr(a, "shape", None) for a in (*args, *kwargs.values()))
+
+
+def _describe(out) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, dict):  # including Hugging Face's ModelOutput
+        return f"a {type(out).__name__} with fields {list(out.keys())}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)} items"
+    return f"a {type(out).__name__}"
 
 
 def _unravel(offset: int, shape) -> tuple[int, ...]:
