@@ -179,7 +179,7 @@ class ReferenceEngine:
         """Finite differences, the fault check and the returned loss estimate."""
         if self.central:
             f_plus, f_minus = losses[0::2], losses[1::2]
-            loss = ((f_plus + f_minus) / 2).mean()
+            loss = _mean_in_kernel_order((f_plus + f_minus) / 2)
         else:
             f_plus, f_minus = losses[1:], losses[0].expand(self.B)
             loss = losses[0]
@@ -262,3 +262,26 @@ def _element(p: torch.Tensor, offset: int):
         offset, r = divmod(offset, size)
         index.append(r)
     return tuple(reversed(index))
+
+
+SUM_LANES = 256  # kSumLanes in csrc/kernels/cocd_kernels.h
+
+
+def _mean_in_kernel_order(values: torch.Tensor) -> torch.Tensor:
+    """The mean of float64 ``values``, summed in the kernels' order (cocd_kernels.h).
+
+    Value j goes to lane j mod 256, in order of j; then lane t += lane t + s for
+    s = 128, ..., 1. One order everywhere makes every engine return the same bits.
+    """
+    B = values.numel()
+    rows = -(-B // SUM_LANES)
+    padded = torch.zeros(rows * SUM_LANES, dtype=values.dtype, device=values.device)
+    padded[:B] = values  # adding the padding's +0.0 leaves a lane unchanged
+    lanes = torch.zeros(SUM_LANES, dtype=values.dtype, device=values.device)
+    for row in padded.view(rows, SUM_LANES):
+        lanes += row
+    s = SUM_LANES // 2
+    while s > 0:
+        lanes[:s] += lanes[s : 2 * s].clone()
+        s //= 2
+    return lanes[0] / B

@@ -91,6 +91,22 @@ def test_native_matches_reference_every_step(config, dtype, device):
         torch.testing.assert_close(l_nat, l_ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("B", [3, 4, 300, 700])
+def test_central_loss_estimate_is_the_same_bits_on_both_engines(B):
+    # More than 256 values wrap around the kernels' summation lanes; a plain mean
+    # differs from the lane order in the last bits for these losses.
+    torch.manual_seed(0)
+    w = torch.randn(1000, dtype=torch.float64) * 10
+    target = torch.randn(1000, dtype=torch.float64)
+    losses = []
+    for backend in ("reference", "native"):
+        p = w.clone().requires_grad_()
+        opt = CoCD([p], lr=0.01, eps=0.1, compute_budget=B, backend=backend)
+        losses.append([opt.step(lambda p=p: ((p - target) ** 3).sum()) for _ in range(3)])
+    for ref, nat in zip(*losses, strict=True):
+        assert torch.equal(ref, nat), (ref.item(), nat.item())
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("config", ["dense-central", "fifo-forward", "fifo-momentum-wd"])
 def test_cpu_host_evaluation_equals_the_advance_op(config, dtype):
