@@ -20,5 +20,7 @@ def test_model_objective_example_learns_the_digits(tmp_path):
 
 def test_every_python_example_is_run_by_a_test():
     tested = {"quickstart.py", "distributed.py", "model_objective.py"}
+    # test_framework_examples.py runs these.
+    tested |= {"lightning_cocd.py", "hf_trainer_cocd.py", "skorch_cocd.py"}
     found = {f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py")}
     assert found <= tested, found - tested
