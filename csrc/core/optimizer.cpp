@@ -387,7 +387,7 @@ Shape validate(const detail::Inputs& in) {
     }
     if (static_cast<uint64_t>(p.numel) > static_cast<uint64_t>(PTRDIFF_MAX) / elem) {
       invalid(where + " has numel " + str(p.numel) + ", more " + str(elem) +
-              "-byte elements than fit in memory");
+              "-byte elements than this target's address space holds");
     }
     if (p.group < 0 || p.group >= s.n_groups) {
       invalid(where + " has group " + str(p.group) + "; there are " + str(s.n_groups) + " groups");
