@@ -24,3 +24,19 @@ def device(request):
 @pytest.fixture(params=backends.available())
 def backend(request):
     return request.param
+
+
+def same(x, y) -> bool:
+    """Bit-for-bit equality of nested state dicts and tensors (dtype, shape and bits)."""
+    if isinstance(x, torch.Tensor):
+        return (
+            isinstance(y, torch.Tensor)
+            and x.dtype == y.dtype
+            and x.shape == y.shape
+            and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
+        )
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+    if isinstance(x, (list, tuple)):
+        return type(x) is type(y) and len(x) == len(y) and all(map(same, x, y))
+    return type(x) is type(y) and x == y

@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from conftest import same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,22 +70,6 @@ def loss(ps):
     z = torch.cat([p.reshape(-1).double() for p in ps])
     w = torch.arange(1, z.numel() + 1, dtype=torch.float64)
     return (torch.sin(w * z) + 0.1 * w * z**2).sum()
-
-
-def same(x, y) -> bool:
-    """Bit-for-bit equality of nested state dicts and tensors."""
-    if isinstance(x, torch.Tensor):
-        return (
-            isinstance(y, torch.Tensor)
-            and x.dtype == y.dtype
-            and x.shape == y.shape
-            and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
-        )
-    if isinstance(x, dict):
-        return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
-    if isinstance(x, (list, tuple)):
-        return type(x) is type(y) and len(x) == len(y) and all(map(same, x, y))
-    return type(x) is type(y) and x == y
 
 
 def run(cfg):

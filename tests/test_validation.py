@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import same
 
 from cocd_cuda import CoCD
 from cocd_cuda.baselines import SPSA, ZOSGD, MeZO
@@ -30,22 +31,6 @@ def make(backend, memory=4, dtype=torch.float32, seed=0, steps=0):
     for _ in range(steps):
         opt.step(lambda: objective([a, b]))
     return opt, [a, b]
-
-
-def same(x, y) -> bool:
-    """Bit-for-bit equality of nested state dicts (tensors compared by dtype and bits)."""
-    if isinstance(x, torch.Tensor):
-        return (
-            isinstance(y, torch.Tensor)
-            and x.dtype == y.dtype
-            and x.shape == y.shape
-            and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))
-        )
-    if isinstance(x, dict):
-        return isinstance(y, dict) and x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
-    if isinstance(x, (list, tuple)):
-        return type(x) is type(y) and len(x) == len(y) and all(map(same, x, y))
-    return type(x) is type(y) and x == y
 
 
 def frozen(opt, ps):
