@@ -114,7 +114,16 @@ def per_op(device: str, rounds: int, n: int = 1_000_000, B: int = 64, m: int = 4
             [p], dense_opt._state.v, dense._g, 0, counters, n, 1e-9, 0, 0.9
         ),
         f"fifo_update_ (m={m})": lambda: ops.fifo_update_(
-            [q], fifo_opt._state.coords, fifo_opt._state.v, fifo._g, ftable, counters, n, [1e-9], [0.0], [0.9]
+            [q],
+            fifo_opt._state.coords,
+            fifo_opt._state.v,
+            fifo._g,
+            ftable,
+            counters,
+            n,
+            [1e-9],
+            [0.0],
+            [0.9],
         ),
         f"perturb_batch (K={B}, 4096 elements)": lambda: ops.perturb_batch(small, idx, delta),
     }

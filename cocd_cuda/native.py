@@ -259,6 +259,7 @@ class NativeEngine:
                 f = closure.point_losses(p, elems, values, base.double(), acts)
                 region.copy_(torch.where(inside, f, region))
         return losses
+
     def _evaluate_in_place(self, closure, table, evals: list[int]) -> None:
         """Call the closure at each point in evals; advance_ perturbs, records, restores."""
         if self._bits is not None and self.host_evaluation:

@@ -170,9 +170,7 @@ class CoCD(torch.optim.Optimizer):
         hyper = self._hyperparameters()
         if touched is None:
             return self._engine.step(self._state, closure, hyper, self.nonfinite, self._share)
-        return self._engine.step(
-            self._state, closure, hyper, self.nonfinite, self._share, touched
-        )
+        return self._engine.step(self._state, closure, hyper, self.nonfinite, self._share, touched)
 
     def _hyperparameters(self) -> list[GroupHyper]:
         """Each param group's hyperparameters, validated, as they are now."""
@@ -278,9 +276,8 @@ class CapturableStep:
     def evaluate(self, closure, touched: tuple[int, ...]) -> torch.Tensor:
         """The block's losses as ``step(closure, touched)`` computes them; no state changes."""
         opt = self._opt
-        return opt._engine.tensor_block_losses(
-            opt._state, closure, touched, opt._hyperparameters()
-        )
+        return opt._engine.tensor_block_losses(opt._state, closure, touched, opt._hyperparameters())
 
     def replayed(self) -> None:
+        self._opt._opt_called = True
         self._opt._state.counters.replayed()

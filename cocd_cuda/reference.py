@@ -91,10 +91,7 @@ class ReferenceEngine:
     def _estimates(self, losses: torch.Tensor, h: torch.Tensor, nonfinite: str, state):
         """Finite differences, the fault check and the returned loss estimate."""
         f_plus, f_minus = split(losses, self.central)
-        if self.central:
-            loss = _mean_in_kernel_order((f_plus + f_minus) / 2)
-        else:
-            loss = losses[0]
+        loss = _mean_in_kernel_order((f_plus + f_minus) / 2) if self.central else losses[0]
         g = torch.where(h != 0, (f_plus - f_minus) / h, 0.0).to(self.layout.acc_dtype)
         finite = torch.isfinite(g) & torch.isfinite(f_plus) & torch.isfinite(f_minus)
         if nonfinite == "zero":

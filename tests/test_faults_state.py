@@ -4,7 +4,6 @@ import io
 
 import pytest
 import torch
-
 from conftest import assert_same_state, snapshot
 
 from cocd_cuda import CoCD

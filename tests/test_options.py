@@ -5,7 +5,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_same_state, snapshot
 
 from cocd_cuda import CoCD
@@ -27,8 +26,6 @@ def quad_closure(ps):
 def shape_pattern(shape):
     """A regex for ``shape`` written as a tuple, (2, 3), or as a list, [2, 3]."""
     return r"shape [\(\[]" + ", ".join(map(str, shape)) + r",?[\)\]]"
-
-
 
 
 # ----------------------------------------------------------------- group hyperparameters
