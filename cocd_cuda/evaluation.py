@@ -50,12 +50,14 @@ def split(losses: torch.Tensor, central: bool) -> tuple[torch.Tensor, torch.Tens
     return losses[1:], losses[0].expand(losses.numel() - 1)
 
 
-def place(losses: torch.Tensor, f: torch.Tensor, j0: int, j1: int, central: bool) -> None:
-    """Store the losses ``f`` of slots j0..j1-1 (forward: f[0] is f(x), not stored)."""
-    if central:
-        losses[2 * j0 : 2 * j1] = f
-    else:
-        losses[1 + j0 : 1 + j1] = f[1:]
+def index(j: int, minus: bool, central: bool) -> int:
+    """The evaluation of slot j at x + eps (``minus``: x - eps, central only)."""
+    return 2 * j + int(minus) if central else 1 + j
+
+
+def points(j0: int, j1: int, central: bool) -> slice:
+    """Where the evaluations of slots j0..j1-1 lie in a step's losses (f(x) excluded)."""
+    return slice(2 * j0, 2 * j1) if central else slice(1 + j0, 1 + j1)
 
 
 # ------------------------------------------------------------------- the points
@@ -160,7 +162,7 @@ def block_losses(closure, block: Block, share, layout: ParamLayout, c: int) -> t
     j0, j1 = share.j0, share.j1
     if j1 > j0:
         f = closure.evaluate_block(block.part(layout, c, j0, j1))
-        place(losses, f, j0, j1, block.central)
+        losses[points(j0, j1, block.central)] = f[points(0, j1 - j0, block.central)]
         if not block.central and share.with_f0:
             losses[0] = f[0]
     elif share.with_f0 and not block.central:

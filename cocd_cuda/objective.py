@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from .evaluation import Block, is_sync_error
+from .evaluation import Block, is_sync_error, n_evals, points
 
 STRATEGIES = ("auto", "batched", "layered", "sequential")
 
@@ -235,9 +235,8 @@ class ModelObjective:
     def evaluate_block(self, block: Block) -> torch.Tensor:
         """f at every point of the step, in the engine's order, as float64 [E]."""
         B = block.base.numel()
-        n_eval = 2 * B if block.central else B + 1
         dev = block.base.device
-        losses = torch.empty(n_eval, dtype=torch.float64, device=dev)
+        losses = torch.empty(n_evals(B, block.central), dtype=torch.float64, device=dev)
         with torch.no_grad():
             acts = self.begin_points()
             if not block.central:
@@ -255,11 +254,9 @@ class ModelObjective:
                 if block.central:
                     offsets = [e for e in offsets for _ in (0, 1)]
                 p = block.params[run.param]
-                f = self._run_losses(p, elems, list(offsets), values, base, acts)
-                if block.central:
-                    losses[2 * j0 : 2 * j1] = f
-                else:
-                    losses[1 + j0 : 1 + j1] = f
+                losses[points(j0, j1, block.central)] = self._run_losses(
+                    p, elems, list(offsets), values, base, acts
+                )
         return losses
 
     def _run_losses(self, p, elems, offsets, values, base, acts) -> torch.Tensor:

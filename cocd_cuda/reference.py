@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import evaluation
 from .evaluation import (
     Block,
     block_losses,
@@ -78,12 +79,10 @@ class ReferenceEngine:
                     continue
                 try:
                     p[index] = plus
+                    losses[evaluation.index(j, False, central)] = as_loss(closure(), dev)
                     if central:
-                        losses[2 * j] = as_loss(closure(), dev)
                         p[index] = minus
-                        losses[2 * j + 1] = as_loss(closure(), dev)
-                    else:
-                        losses[1 + j] = as_loss(closure(), dev)
+                        losses[evaluation.index(j, True, central)] = as_loss(closure(), dev)
                 finally:
                     p[index] = original  # exact restore, never x + eps - eps
         return losses
