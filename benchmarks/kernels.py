@@ -53,7 +53,7 @@ def dense_pass(n: int, device: str, rounds: int) -> dict:
         "native dense_update_": lambda: ops.dense_update_(
             [x], v, g, 0, counters, n, 1e-6, 0.0, 0.9
         ),
-        "reference decay+descend": lambda: ref._engine._commit(ref_g, hyper),
+        "reference decay+descend": lambda: ref._engine._commit(ref._state, ref_g, hyper),
         "torch SGD momentum": sgd.step,
     }
     t = compare(cands, device, reps_for(n, device), rounds)
@@ -90,10 +90,11 @@ def per_op(device: str, rounds: int, n: int = 1_000_000, B: int = 64, m: int = 4
     """Each native op on its own, at n parameters, block B, FIFO ring m."""
     ops = torch.ops.cocd_cuda
     p = torch.randn(n, device=device)
-    dense = cocd_cuda.CoCD([p], compute_budget=B, backend="native")._engine
+    dense_opt = cocd_cuda.CoCD([p], compute_budget=B, backend="native")
     q = torch.randn(n, device=device)
-    fifo = cocd_cuda.CoCD([q], compute_budget=B, memory_budget=m, backend="native")._engine
-    table, ftable = dense._param_table(), fifo._param_table()
+    fifo_opt = cocd_cuda.CoCD([q], compute_budget=B, memory_budget=m, backend="native")
+    dense, fifo = dense_opt._engine, fifo_opt._engine
+    table, ftable = dense.param_table(), fifo.param_table()
     counters = torch.tensor([5, 0, 0], device=device)  # c = 5, head = 0
     ops.plan_(dense._slots, table, counters, n, [0.1], True)
     loss = torch.ones((), device=device)
@@ -110,10 +111,19 @@ def per_op(device: str, rounds: int, n: int = 1_000_000, B: int = 64, m: int = 4
             dense._g, out_loss, dense._bad, dense._losses, dense._slots, True, True
         ),
         "dense_update_": lambda: ops.dense_update_(
-            [p], dense.v, dense._g, 0, counters, n, 1e-9, 0, 0.9
+            [p], dense_opt._state.v, dense._g, 0, counters, n, 1e-9, 0, 0.9
         ),
         f"fifo_update_ (m={m})": lambda: ops.fifo_update_(
-            [q], fifo.coords, fifo.v, fifo._g, ftable, counters, n, [1e-9], [0.0], [0.9]
+            [q],
+            fifo_opt._state.coords,
+            fifo_opt._state.v,
+            fifo._g,
+            ftable,
+            counters,
+            n,
+            [1e-9],
+            [0.0],
+            [0.9],
         ),
         f"perturb_batch (K={B}, 4096 elements)": lambda: ops.perturb_batch(small, idx, delta),
     }

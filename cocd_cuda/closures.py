@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from .reference import evaluates_blocks
+from .evaluation import evaluates_blocks
 
 BACKWARD_WARNING = (
     "CoCD.step: the closure calls backward(), but CoCD is zeroth-order and never uses "

@@ -22,11 +22,16 @@ import datetime
 import torch
 import torch.distributed as dist
 
+from .evaluation import evals_of, n_evals
+
 MODES = ("coordinate", "data")
 
 
 class Share:
-    """This rank's part of each step's evaluations, and how the parts are combined."""
+    """This rank's part of each step's evaluations, and how the parts are combined.
+
+    The same interface as ``evaluation.Everything``, which stands for a single process.
+    """
 
     def __init__(self, group, mode: str, B: int, central: bool, timeout: float):
         if mode not in MODES:
@@ -46,13 +51,12 @@ class Share:
             self.with_f0 = self.rank == 0
         else:
             self.j0, self.j1, self.with_f0 = 0, B, True
-        self.n_eval = 2 * B if central else B + 1
+        self.n_eval = n_evals(B, central)
+        self.whole = mode == "data"  # coordinate: other ranks' evaluations stay zeros here
 
     def evals(self) -> list[int]:
         """Indices of the evaluations this rank performs, in the engine's order."""
-        if self.central:
-            return [k for j in range(self.j0, self.j1) for k in (2 * j, 2 * j + 1)]
-        return ([0] if self.with_f0 else []) + [1 + j for j in range(self.j0, self.j1)]
+        return evals_of(self.j0, self.j1, self.central, self.with_f0)
 
     def gather(self, evaluate, device) -> torch.Tensor:
         """Run this rank's evaluations (zeros elsewhere) and combine them across ranks."""

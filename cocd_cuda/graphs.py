@@ -15,9 +15,7 @@ import warnings
 
 import torch
 
-from .reference import evaluates_blocks
-
-_SYNC = "synchronizing CUDA operation"  # torch's error in sync debug mode "error"
+from .evaluation import evaluates_blocks, is_sync_error
 
 
 class GraphedStep:
@@ -44,17 +42,17 @@ class GraphedStep:
     On CPU the same step runs without a graph, so code written for both works on both.
     """
 
-    def __init__(self, optimizer, closure):
+    def __init__(self, step, closure):
         if not callable(closure):
             raise TypeError(
                 f"CoCD.graphed needs the closure that returns the loss, got {closure!r}"
             )
-        self._optimizer = optimizer
+        self._opt_step = step  # an optimizer.CapturableStep
         self._closure = closure
         self._check()
-        engine = optimizer._engine
+        layout = step.layout
         self._by_block = evaluates_blocks(closure) and all(
-            closure.vectorises(p) for p in engine.layout.params
+            closure.vectorises(p) for p in layout.params
         )
         if evaluates_blocks(closure) and not self._by_block:
             warnings.warn(
@@ -62,93 +60,64 @@ class GraphedStep:
                 f"are not evaluated by its '{closure.strategy}' strategy",
                 stacklevel=3,
             )
-        self._device = engine.layout.device
+        self._device = layout.device
         self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
         self._captured_for = None
         self.captures = 0
-        engine.capturable = True  # from now on replays advance the counters on the device
 
     def _check(self) -> None:
         """What a graph cannot replay; checked at construction and at every call."""
-        opt = self._optimizer
-        engine = opt._engine
-        if engine.name != "native":
-            raise ValueError(
-                "CoCD.graphed needs the native backend, but this CoCD runs the "
-                f"{engine.name} backend; construct it with backend='native' (and build the "
-                "extension if that fails)"
-            )
-        if opt.nonfinite != "zero":
-            raise ValueError(
-                "CoCD.graphed needs nonfinite='zero': raising on a non-finite loss reads a "
-                "flag on the host each step, which a graph cannot do; construct CoCD(..., "
-                "nonfinite='zero')"
-            )
-        if engine.share is not None:
-            raise ValueError(
-                "CoCD.graphed does not run over a process_group (the share's collectives "
-                "are not captured); call step() instead"
-            )
+        problem = self._opt_step.problem()
+        if problem is not None:
+            raise ValueError(problem)
 
     def _point(self):
         """The closure as a plain one, so that the engine evaluates it point by point."""
         return self._closure()
 
-    def _block_pointer(self) -> int:
-        """c, followed on the host between replays (shared by every GraphedStep of the
-        engine); read from the device after anything else moved the counters."""
-        engine = self._optimizer._engine
-        generation, c = engine.followed
-        if generation != engine.generation:
-            c = engine.c
-            engine.followed = (engine.generation, c)
-        return c
-
     def _touched(self, c: int | None = None) -> tuple[int, ...]:
         """The parameters the block at c lies in (empty: evaluate point by point)."""
         if not self._by_block:
             return ()
-        engine = self._optimizer._engine
-        runs = engine.layout.runs(self._block_pointer() if c is None else c, engine.B)
+        step = self._opt_step
+        runs = step.layout.runs(step.block_pointer() if c is None else c, step.B)
         return tuple(sorted({run.param for run in runs}))
 
-    def _step(self, engine, hyper, touched):
+    def _step(self, touched):
         if touched:
-            return engine.step(self._closure, hyper, touched)
-        return engine.step(self._point, hyper)
+            return self._opt_step.step(self._closure, touched)
+        return self._opt_step.step(self._point)
 
-    def _refresh(self, hyper) -> None:
+    def _refresh(self) -> None:
         """Drop every graph if what they were captured for changed."""
-        table = self._optimizer._engine._param_table()  # rebuilt here, never in a capture
         closure = self._closure
-        key = (hyper, table, getattr(closure, "inputs", None), getattr(closure, "targets", None))
+        key = (
+            *self._opt_step.captured_for(),
+            getattr(closure, "inputs", None),
+            getattr(closure, "targets", None),
+        )
         if not _same(key, self._captured_for):
             self._graphs.clear()  # release the old graphs' memory first
             self._pool = torch.cuda.graph_pool_handle()
             self._captured_for = key
 
-    def _graph_for(self, hyper, touched):
+    def _graph_for(self, touched):
         if touched not in self._graphs:
-            touched, graph, loss = self._capture(hyper, touched)
+            touched, graph, loss = self._capture(touched)
             self._graphs[touched] = (graph, loss)
         return self._graphs[touched]
 
     @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         self._check()  # load_state_dict may have changed nonfinite
-        opt = self._optimizer
-        opt._opt_called = True  # what LR schedulers look for (they wrap opt.step)
-        hyper = opt._hyperparameters()
-        engine = opt._engine
         if self._device.type != "cuda":
-            return self._step(engine, hyper, self._touched())
+            return self._step(self._touched())
         with torch.cuda.device(self._device):  # capture and replay on the parameters' GPU
-            self._refresh(hyper)
-            c = self._block_pointer()
-            graph, loss = self._graph_for(hyper, self._touched(c))
+            self._refresh()
+            graph, loss = self._graph_for(self._touched())
             graph.replay()
-            engine.followed = (engine.generation, (c + engine.B) % engine.layout.n)
+            self._opt_step.replayed()
             return loss.clone()
 
     @torch.no_grad()
@@ -161,26 +130,24 @@ class GraphedStep:
         """
         if self._device.type != "cuda":
             return
-        hyper = self._optimizer._hyperparameters()
         with torch.cuda.device(self._device):
-            self._refresh(hyper)
+            self._refresh()
             for touched in self._tensor_sets():
-                self._graph_for(hyper, touched)
+                self._graph_for(touched)
 
     def _tensor_sets(self) -> list[tuple[int, ...]]:
         """Every value of ``_touched`` from here on: c cycles through c0 + kB (mod n)."""
-        engine = self._optimizer._engine
-        n, B, c = engine.layout.n, engine.B, self._block_pointer()
+        step = self._opt_step
+        n, B, c = step.layout.n, step.B, step.block_pointer()
         period = n // math.gcd(n, B)
         return list(dict.fromkeys(self._touched((c + k * B) % n) for k in range(period)))
 
-    def _capture(self, hyper, touched):
+    def _capture(self, touched):
         """Warm up, then capture one step; returns (touched, graph, loss).
 
         If the by-block evaluation fails (say, an op without a vmap rule), the step is
         captured point by point instead, and stays so.
         """
-        engine = self._optimizer._engine
         # Warm up on a side stream, as torch.cuda.graph recommends (lazy library
         # initialisation must not happen during capture), with host syncs made errors.
         # It only evaluates f: the optimizer's state and x are untouched.
@@ -194,9 +161,9 @@ class GraphedStep:
                     value = self._closure()
                     if touched:
                         try:
-                            engine._masked_block_losses(self._closure, touched, hyper)
+                            self._opt_step.evaluate(self._closure, touched)
                         except RuntimeError as exc:
-                            if _SYNC in str(exc):
+                            if is_sync_error(exc):
                                 raise
                             warnings.warn(
                                 f"CoCD.graphed: evaluating by block failed ({exc}); "
@@ -206,7 +173,7 @@ class GraphedStep:
                             self._by_block, touched = False, ()
                             self._graphs.clear()
         except RuntimeError as exc:
-            if _SYNC not in str(exc):
+            if not is_sync_error(exc):
                 raise
             raise RuntimeError(
                 "CoCD.graphed: the closure cannot be captured in a CUDA graph, because it "
@@ -227,7 +194,7 @@ class GraphedStep:
         # loss) is held until it is dropped with the graph.
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            loss = self._step(engine, hyper, touched)
+            loss = self._step(touched)
         self.captures += 1
         return touched, graph, loss
 

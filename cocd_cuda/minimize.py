@@ -16,6 +16,7 @@ import numbers
 
 import torch
 
+from .evaluation import n_evals
 from .optimizer import CoCD
 
 __all__ = ["OptimizeResult", "minimize"]
@@ -232,7 +233,7 @@ def minimize(
             nonfinite=nonfinite,
             backend=backend,
         )
-        per_step = 2 * B if central_difference else B + 1
+        per_step = n_evals(B, central_difference)
         cycle = -(-n // B)  # steps per sweep over all coordinates
         nit, status = 0, 1
         while nfev + per_step + 1 <= max_evals and (maxiter is None or nit < maxiter):

@@ -11,10 +11,9 @@ On CPU the per-evaluation work of ``advance_`` runs in Python instead
 (``_evaluate_on_host``): it writes the bits ``plan_`` saved through integer numpy views
 of the parameters, which costs a third of an op call, and stores the losses once.
 
-The step counters {c, head, t} live in a device tensor that the ops read and two
-in-place torch ops advance, so a whole step can be captured in a CUDA graph
-(``CoCD.graphed``). Outside graphs the engine keeps a host copy of them as well, for
-the host-side work (block evaluators, error messages, state_dict) without a device read.
+The ops read the block pointer and ring head from the device copy of the step counters
+(``state.StepCounters``), never from a host value, so a whole step can be captured in a
+CUDA graph (``CoCD.graphed``).
 """
 
 from __future__ import annotations
@@ -29,8 +28,17 @@ except ImportError:  # numpy is optional: CPU evaluations then go through advanc
     _np = None
 
 from . import _build
+from .evaluation import (
+    Block,
+    block_losses,
+    evaluates_blocks,
+    n_evals,
+    nonfinite_error,
+    perturbed,
+    slot_of,
+)
 from .layout import as_loss
-from .reference import ReferenceEngine, evaluates_blocks, perturbed
+from .state import CoCDState
 from .validation import check_unchanged
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -99,51 +107,24 @@ def unsupported(layout) -> str | None:
     return None
 
 
-def _counter(index: int, doc: str) -> property:
-    """One of the step counters {c, head, t}: stored on the device, mirrored on the host.
+class NativeEngine:
+    """CoCD's step through the fused ops, on a ``CoCDState`` it does not own.
 
-    Once the engine is ``capturable`` (graph replays advance the device copy alone),
-    reading one is a device read.
+    It keeps only per-step scratch (the slots, the losses, the estimates) and the
+    parameter table, rebuilt when a parameter's storage moves.
     """
 
-    def get(self) -> int:
-        return int(self._counters[index]) if self.capturable else self._host[index]
-
-    def set(self, value: int) -> None:
-        self._host[index] = int(value)
-        self._counters[index] = int(value)
-        self.generation += 1
-
-    return property(get, set, doc=doc)
-
-
-class NativeEngine(ReferenceEngine):
-    """Same state and semantics as the reference, with every per-step pass fused."""
-
     name = "native"
-    c = _counter(0, "The block pointer: the block's first coordinate.")
-    head = _counter(1, "The ring's oldest entry (FIFO mode; 0 in dense mode).")
-    t = _counter(2, "Steps taken.")
 
-    def __init__(self, layout, compute_budget, memory_budget, central, nonfinite, init_grad):
+    def __init__(self, layout, compute_budget: int, central: bool):
         dev, B = layout.device, compute_budget
-        self._counters = torch.zeros(3, dtype=torch.int64, device=dev)
-        self._host = [0, 0, 0]
-        self.capturable = False  # set by CoCD.graphed: the host copy is no longer kept
-        # Bumped whenever the counters change other than by a graph replay (a setter, an
-        # eager step). Graphed steps follow c on the host in `followed`, valid while its
-        # generation is the current one.
-        self.generation = 0
-        self.followed = (-1, 0)  # (generation, c): c as graph replays have moved it
-        super().__init__(layout, compute_budget, memory_budget, central, nonfinite, init_grad)
-        # One step moves c by B (mod n), the ring head by B (mod m, FIFO only), t by 1.
-        self._advance_by = torch.tensor([B, 0 if self.dense else B, 1], device=dev)
-        self._wrap_at = torch.tensor([layout.n, memory_budget, 1 << 62], device=dev)
-        self._n_eval = 2 * B if central else B + 1
+        self.layout, self.B, self.central = layout, B, central
+        self._n_eval = n_evals(B, central)
         self._slots = torch.empty((B, 6), dtype=torch.int64, device=dev)
         self._losses = torch.empty(self._n_eval, dtype=torch.float64, device=dev)
         self._g = torch.empty(B, dtype=layout.acc_dtype, device=dev)
         self._bad = torch.zeros(1, dtype=torch.int32, device=dev)
+        self._block_offsets = torch.arange(B, device=dev)
         self._is_cuda = dev.type == "cuda"
         self._ptrs: list[int] | None = None
         self._table: torch.Tensor | None = None
@@ -157,7 +138,7 @@ class NativeEngine(ReferenceEngine):
             groups[gi].append(p)
         self._group_params = groups
 
-    def _param_table(self) -> torch.Tensor:
+    def param_table(self) -> torch.Tensor:
         """The device table of parameter addresses, rebuilt only if storage moved."""
         layout = self.layout
         ptrs = [p.data_ptr() for p in layout.params]
@@ -187,63 +168,64 @@ class NativeEngine(ReferenceEngine):
             )
         return self._table
 
-    def step(self, closure, hyper, touched: tuple[int, ...] | None = None):
-        """One step. ``touched`` (from a GraphedStep): the parameters the block lies in;
-        the closure then evaluates the points by ``point_losses``, driven by the device
-        counters alone (``_masked_block_losses``)."""
+    def step(self, state: CoCDState, closure, hyper, nonfinite: str, share, touched=None):
+        """One step. ``touched`` (a graphed step): the parameters the block lies in; the
+        closure then evaluates the points by ``point_losses``, driven by the device
+        counters alone (``tensor_block_losses``)."""
         ops = torch.ops.cocd_cuda
         layout, n = self.layout, self.layout.n
-        table = self._param_table()
-        slots, losses, central, counters = self._slots, self._losses, self.central, self._counters
-        ops.plan_(slots, table, counters, n, [hp.eps for hp in hyper], central)
+        table = self.param_table()
+        slots, central, counters = self._slots, self.central, state.counters
+        ops.plan_(slots, table, counters.tensor, n, [hp.eps for hp in hyper], central)
 
         def local():
             if touched is not None:
-                return self._masked_block_losses(closure, touched, hyper)
+                return self.tensor_block_losses(state, closure, touched, hyper)
             if evaluates_blocks(closure):
-                return self._block_losses(closure, self.block(hyper))
-            evals = range(self._n_eval) if self.share is None else self.share.evals()
-            if self.share is not None:
-                losses.zero_()
-            self._evaluate_in_place(closure, table, list(evals))
-            return losses
+                c = counters.c
+                block = Block.at(layout, c, self.B, [hp.eps for hp in hyper], central)
+                return block_losses(closure, block, share, layout, c)
+            if not share.whole:
+                self._losses.zero_()
+            self._evaluate_in_place(closure, table, share.evals())
+            return self._losses
 
-        dev = layout.device
-        losses = local() if self.share is None else self.share.gather(local, dev)
+        losses = share.gather(local, layout.device)
         loss = torch.empty((), dtype=layout.acc_dtype, device=layout.device)
-        zero = self.nonfinite == "zero"
+        zero = nonfinite == "zero"
         ops.finite_difference_(self._g, loss, self._bad, losses, slots, central, zero)
         if not zero and self._bad.item():  # raise mode's one host read per step
-            self._raise_nonfinite(losses)
-        if self.dense:
+            raise nonfinite_error(losses, self._g, central, counters.c, n, counters.t)
+        self._update(state, table, hyper)
+        counters.advance()
+        return loss
+
+    def _update(self, state: CoCDState, table, hyper) -> None:
+        """Decay, refresh and descend, in one pass over the buffer."""
+        ops, layout, k = torch.ops.cocd_cuda, self.layout, state.counters.tensor
+        if state.dense:
             for params, (start, _), hp in zip(
                 self._group_params, layout.group_bounds, hyper, strict=True
             ):
                 ops.dense_update_(
-                    params, self.v, self._g, start, counters, n, hp.lr, hp.weight_decay, hp.momentum
-                )
+                    params, state.v, self._g, start, k, layout.n, hp.lr, hp.weight_decay,
+                    hp.momentum,
+                )  # fmt: skip
         else:
             ops.fifo_update_(
                 layout.params,
-                self.coords,
-                self.v,
+                state.coords,
+                state.v,
                 self._g,
                 table,
-                counters,
-                n,
+                k,
+                layout.n,
                 [hp.lr for hp in hyper],
                 [hp.weight_decay for hp in hyper],
                 [hp.momentum for hp in hyper],
             )
-        counters.add_(self._advance_by).remainder_(self._wrap_at)
-        if not (self._is_cuda and torch.cuda.is_current_stream_capturing()):
-            self.generation += 1
-        if not self.capturable:
-            c, head, t = self._host
-            self._host = [(c + self.B) % n, head if self.dense else (head + self.B) % self.m, t + 1]
-        return loss
 
-    def _masked_block_losses(self, closure, touched, hyper) -> torch.Tensor:
+    def tensor_block_losses(self, state: CoCDState, closure, touched, hyper) -> torch.Tensor:
         """f at the block's points, by parameter, with shapes independent of the block.
 
         For each parameter in ``touched`` the closure evaluates all B (or 2B) points;
@@ -256,7 +238,7 @@ class NativeEngine(ReferenceEngine):
             acts = closure.begin_points()
             if not central:
                 losses[0] = closure.unperturbed(acts)
-            coords = (self._counters[0] + self._block_offsets) % layout.n
+            coords = (state.counters.tensor[0] + self._block_offsets) % layout.n
             region = losses if central else losses[1:]
             for index in touched:
                 p, start = layout.params[index], layout.starts[index]
@@ -317,7 +299,7 @@ class NativeEngine(ReferenceEngine):
         held = -1  # the slot whose coordinate x holds perturbed now
         try:
             for k in evals:
-                j = k // 2 if central else k - 1
+                j = slot_of(k, central)
                 if held >= 0 and held != j:
                     param, offset, saved = rows[held][:3]
                     bits[param][offset] = saved
@@ -342,11 +324,3 @@ class NativeEngine(ReferenceEngine):
                 bits[param][offset] = saved
         index = slice(None) if len(evals) == self._n_eval else torch.tensor(evals, dtype=torch.long)
         self._losses[index] = torch.tensor(values, dtype=torch.float64)
-
-    def _raise_nonfinite(self, losses):
-        if self.central:
-            f_plus, f_minus = losses[0::2], losses[1::2]
-        else:
-            f_plus, f_minus = losses[1:], losses[0].expand(self.B)
-        finite = torch.isfinite(self._g) & torch.isfinite(f_plus) & torch.isfinite(f_minus)
-        raise self._nonfinite_error(f_plus, f_minus, finite)

@@ -22,14 +22,13 @@ expansion); results agree with it up to floating-point rounding.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from .layout import Run
+from .evaluation import Block, is_sync_error, n_evals, points
 
 STRATEGIES = ("auto", "batched", "layered", "sequential")
 
@@ -62,24 +61,6 @@ LAYERED_SUPPORT = (
     "(ReLU, ReLU6, LeakyReLU, ELU, GELU, SiLU, Tanh, Sigmoid, Softplus, Hardtanh), "
     "Identity, Flatten and pooling (Max/Avg 1d/2d, AdaptiveAvg 1d/2d, AdaptiveMax2d)"
 )
-
-
-@dataclass
-class Block:
-    """The points of one CoCD step, as the engine computed them.
-
-    Coordinate j of the block lives in ``params[run.param]`` at element
-    ``run.offset + (j - run.slot)``; ``base``, ``plus`` and ``minus`` are its original
-    and perturbed values in float64 (exact: every value is one of the parameter dtype).
-    In forward mode ``minus`` equals ``base`` and evaluation 0 is f(x).
-    """
-
-    params: list[torch.Tensor]
-    runs: list[Run]
-    base: torch.Tensor
-    plus: torch.Tensor
-    minus: torch.Tensor
-    central: bool
 
 
 def default_memory_cap(device: torch.device) -> int:
@@ -208,6 +189,11 @@ class ModelObjective:
         with torch.no_grad():
             return self._loss(_call(self.model, self.inputs))
 
+    @property
+    def by_block(self) -> bool:
+        """Whether CoCD hands this objective whole blocks (``evaluation.BlockEvaluator``)."""
+        return self.strategy != "sequential"
+
     def _loss(self, out) -> torch.Tensor:
         """The loss of one model output: ``output`` selects, ``loss_fn`` reduces."""
         if isinstance(self.output, str):
@@ -249,9 +235,8 @@ class ModelObjective:
     def evaluate_block(self, block: Block) -> torch.Tensor:
         """f at every point of the step, in the engine's order, as float64 [E]."""
         B = block.base.numel()
-        n_eval = 2 * B if block.central else B + 1
         dev = block.base.device
-        losses = torch.empty(n_eval, dtype=torch.float64, device=dev)
+        losses = torch.empty(n_evals(B, block.central), dtype=torch.float64, device=dev)
         with torch.no_grad():
             acts = self.begin_points()
             if not block.central:
@@ -269,11 +254,9 @@ class ModelObjective:
                 if block.central:
                     offsets = [e for e in offsets for _ in (0, 1)]
                 p = block.params[run.param]
-                f = self._run_losses(p, elems, list(offsets), values, base, acts)
-                if block.central:
-                    losses[2 * j0 : 2 * j1] = f
-                else:
-                    losses[1 + j0 : 1 + j1] = f
+                losses[points(j0, j1, block.central)] = self._run_losses(
+                    p, elems, list(offsets), values, base, acts
+                )
         return losses
 
     def _run_losses(self, p, elems, offsets, values, base, acts) -> torch.Tensor:
@@ -337,7 +320,7 @@ class ModelObjective:
             try:
                 return vmap(self._loss)(outputs)
             except RuntimeError as exc:
-                if "synchronizing CUDA operation" in str(exc):  # CoCD.graphed's check
+                if is_sync_error(exc):  # CoCD.graphed's check
                     raise
                 self._loss_vmappable = False
         return torch.stack([self._loss(o) for o in outputs])

@@ -6,8 +6,10 @@ import torch
 
 from . import backends, closures, validation
 from .distributed import Share
+from .evaluation import Everything
 from .graphs import GraphedStep
 from .layout import ParamLayout
+from .state import CoCDState
 from .validation import GROUP_OPTIONS, GroupHyper, check_params, cocd_group, finite_number
 
 
@@ -88,15 +90,17 @@ class CoCD(torch.optim.Optimizer):
         self.central_difference = central_difference
         self.nonfinite = nonfinite
         engine_cls = backends.select(backend, layout)
-        self._engine = engine_cls(layout, B, m, central_difference, nonfinite, init)
+        self._state = CoCDState(layout, B, m, init)
+        self._engine = engine_cls(layout, B, central_difference)
         self.backend = self._engine.name
-        if process_group is not None:
+        if process_group is None:
+            self._share = Everything(B, central_difference)
+        else:
             timeout = finite_number("timeout", timeout, "CoCD(...)")
             if timeout <= 0:
                 raise ValueError(f"Invalid timeout: {timeout!r}; give seconds > 0")
-            share = Share(process_group, parallel, B, central_difference, timeout)
-            share.broadcast(layout.params)
-            self._engine.share = share
+            self._share = Share(process_group, parallel, B, central_difference, timeout)
+            self._share.broadcast(layout.params)
 
     # ------------------------------------------------------------ torch.optim API
     def add_param_group(self, param_group: dict) -> None:
@@ -138,7 +142,7 @@ class CoCD(torch.optim.Optimizer):
         with closures.skipping_backward() as called:
             if once is not None:
                 once()
-            loss = self._engine.step(closure, self._hyperparameters())
+            loss = self._take_step(closure)
         if called[0] and not self._warned_backward:
             self._warned_backward = True
             closures.warn_backward(stacklevel=2)
@@ -158,7 +162,15 @@ class CoCD(torch.optim.Optimizer):
         hyperparameters, moved parameters or a new ``set_batch`` batch trigger new
         captures. On CPU it runs the same step without a graph. See ``GraphedStep``.
         """
-        return GraphedStep(self, closure)
+        return GraphedStep(CapturableStep(self), closure)
+
+    def _take_step(self, closure, touched=None) -> torch.Tensor:
+        """One step of the engine on the state: the one call every kind of step makes
+        (``touched``: a graphed step's parameters, see ``GraphedStep``)."""
+        hyper = self._hyperparameters()
+        if touched is None:
+            return self._engine.step(self._state, closure, hyper, self.nonfinite, self._share)
+        return self._engine.step(self._state, closure, hyper, self.nonfinite, self._share, touched)
 
     def _hyperparameters(self) -> list[GroupHyper]:
         """Each param group's hyperparameters, validated, as they are now."""
@@ -173,19 +185,19 @@ class CoCD(torch.optim.Optimizer):
 
     def reset(self) -> None:
         """Zero the buffer and set the block pointer and step counter to 0."""
-        self._engine.reset()
+        self._state.reset()
 
     @property
     def step_count(self) -> int:
         """Steps taken since construction or the last ``reset``."""
-        return self._engine.t
+        return self._state.counters.t
 
     def state_dict(self) -> dict:
         """torch.optim layout: ``param_groups`` as usual, the CoCD state under ``state``."""
         out = super().state_dict()
         out["state"] = {
-            **self._engine.state(),
-            "n": self._engine.layout.n,
+            **self._state.state_dict(),
+            "n": self._state.n,
             "compute_budget": self.compute_budget,
             "memory_budget": self.memory_budget,
             "central_difference": self.central_difference,
@@ -203,9 +215,69 @@ class CoCD(torch.optim.Optimizer):
         super().load_state_dict({**state_dict, "state": {}})
         for group, hp in zip(self.param_groups, hyper, strict=True):
             validation.store_floats(group, GROUP_OPTIONS, _values(hp))
-        self._engine.load(state)
-        self.nonfinite = self._engine.nonfinite = state["nonfinite"]
+        self._state.load(state)
+        self.nonfinite = state["nonfinite"]
 
 
 def _values(hp: GroupHyper) -> tuple[float, float, float, float]:
     return (hp.lr, hp.weight_decay, hp.eps, hp.momentum)
+
+
+class CapturableStep:
+    """A ``CoCD``'s step as CUDA graphs of it need it: the interface ``GraphedStep`` uses.
+
+    ``step(closure, touched)`` takes one step (``touched``: evaluate the block's points
+    by parameter, with shapes that do not depend on the block, so a graph of it
+    replays for every block in those parameters); ``evaluate`` runs only that
+    evaluation (to warm up); ``replayed`` records that a graph replay took a step.
+    """
+
+    def __init__(self, opt: CoCD):
+        self._opt = opt
+        self.layout = opt._engine.layout
+        self.B = opt.compute_budget
+
+    def problem(self) -> str | None:
+        """Why this optimizer's steps cannot be captured, or None."""
+        opt = self._opt
+        if opt.backend != "native":
+            return (
+                "CoCD.graphed needs the native backend, but this CoCD runs the "
+                f"{opt.backend} backend; construct it with backend='native' (and build the "
+                "extension if that fails)"
+            )
+        if opt.nonfinite != "zero":
+            return (
+                "CoCD.graphed needs nonfinite='zero': raising on a non-finite loss reads a "
+                "flag on the host each step, which a graph cannot do; construct CoCD(..., "
+                "nonfinite='zero')"
+            )
+        if not isinstance(opt._share, Everything):
+            return (
+                "CoCD.graphed does not run over a process_group (the share's collectives "
+                "are not captured); call step() instead"
+            )
+        return None
+
+    def block_pointer(self) -> int:
+        """The next step's first coordinate (known on the host: no device read)."""
+        return self._opt._state.counters.c
+
+    def captured_for(self) -> tuple:
+        """What a graph bakes in besides the step counters: the hyperparameters and the
+        parameter table (rebuilt here when a storage moved, never during a capture)."""
+        opt = self._opt
+        return (tuple(opt._hyperparameters()), opt._engine.param_table())
+
+    def step(self, closure, touched: tuple[int, ...] | None = None) -> torch.Tensor:
+        self._opt._opt_called = True  # what LR schedulers look for (they wrap opt.step)
+        return self._opt._take_step(closure, touched)
+
+    def evaluate(self, closure, touched: tuple[int, ...]) -> torch.Tensor:
+        """The block's losses as ``step(closure, touched)`` computes them; no state changes."""
+        opt = self._opt
+        return opt._engine.tensor_block_losses(opt._state, closure, touched, opt._hyperparameters())
+
+    def replayed(self) -> None:
+        self._opt._opt_called = True
+        self._opt._state.counters.replayed()

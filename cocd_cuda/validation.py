@@ -30,7 +30,7 @@ OPTIMIZER_OPTIONS = (
     "process_group",
     "parallel",
 )
-MAX_STEPS = 1 << 62  # the native engine's step counter wraps here
+MAX_STEPS = 1 << 62  # the step counter t wraps here (as in the C core)
 
 
 @dataclass(frozen=True)
@@ -353,8 +353,8 @@ def cocd_state(state_dict, opt) -> tuple[list[GroupHyper], dict]:
     Returns the loaded groups' hyperparameters and the engine state (plain ints and
     detached tensors) that ``opt`` then commits.
     """
-    engine = opt._engine
-    n, m, dense = engine.layout.n, engine.m, engine.dense
+    st = opt._state
+    n, m, dense = st.n, st.m, st.dense
     state, groups = _outer(state_dict, "CoCD")
     keys = ["buffer", "c", "t", "head", "n", "compute_budget", "memory_budget"]
     _missing(state, [*keys, "central_difference", *([] if dense else ["coords"])], "CoCD")
@@ -382,10 +382,10 @@ def cocd_state(state_dict, opt) -> tuple[list[GroupHyper], dict]:
             f"and 0 <= t < 2**62"
         )
     buffer = _tensor("buffer", state["buffer"], (m,))
-    if buffer.dtype != engine.v.dtype:
+    if buffer.dtype != st.v.dtype:
         raise ValueError(
             f"state_dict buffer has dtype {buffer.dtype}; this optimizer's is "
-            f"{engine.v.dtype} (float64 exactly when a parameter is float64); a buffer "
+            f"{st.v.dtype} (float64 exactly when a parameter is float64); a buffer "
             "is never converted, since that would round it"
         )
     if not bool(torch.isfinite(buffer).all()):

@@ -40,3 +40,17 @@ def same(x, y) -> bool:
     if isinstance(x, (list, tuple)):
         return type(x) is type(y) and len(x) == len(y) and all(map(same, x, y))
     return type(x) is type(y) and x == y
+
+
+def snapshot(opt, params) -> tuple:
+    """Copies of the parameters and of the optimizer's whole state (its state_dict)."""
+    return [p.detach().clone() for p in params], opt.state_dict()["state"]
+
+
+def assert_same_state(opt, params, snap) -> None:
+    """Parameters and optimizer state equal ``snap`` bit for bit."""
+    xs, state = snap
+    assert len(xs) == len(params)
+    for p, x in zip(params, xs, strict=True):
+        assert same(p.detach(), x)
+    assert same(opt.state_dict()["state"], state)

@@ -95,14 +95,14 @@ def assert_matches(opt, params, ref, rtol=1e-12):
     torch.testing.assert_close(
         flat(params), torch.tensor(ref.x, dtype=F64, device=dev), rtol=rtol, atol=1e-14
     )
-    engine = opt._engine
+    st = opt.state_dict()["state"]
     torch.testing.assert_close(
-        engine.v.to(F64), torch.tensor(ref.v, dtype=F64, device=dev), rtol=rtol, atol=1e-14
+        st["buffer"].to(F64), torch.tensor(ref.v, dtype=F64, device=dev), rtol=rtol, atol=1e-14
     )
     if ref.m < ref.n:
-        assert engine.coords.tolist() == ref.coords
-        assert engine.head == ref.head
-    assert engine.c == ref.c
+        assert st["coords"].tolist() == ref.coords
+        assert st["head"] == ref.head
+    assert st["c"] == ref.c
 
 
 MODES = [
@@ -135,7 +135,7 @@ def test_momentum_zero_is_bccd(backend, device):
         )
         assert torch.equal(x[outside], before[outside])
         # The buffer holds the last block's estimates only.
-        v = opt._engine.v
+        v = opt._state.v
         torch.testing.assert_close(v[block], grad[block], rtol=1e-10, atol=1e-12)
         assert torch.count_nonzero(v[outside]) == 0
 
@@ -184,14 +184,14 @@ def test_fifo_eviction_order(backend):
     x = torch.randn(5, dtype=F64)
     f = bumpy(5)
     opt = CoCD([x], compute_budget=2, memory_budget=3, backend=backend)
-    assert opt._engine.coords.tolist() == [0, 1, 2]
-    assert opt._engine.head == 0
+    assert opt._state.coords.tolist() == [0, 1, 2]
+    assert opt._state.counters.head == 0
     # Blocks [0,1], [2,3], [4,0], [1,2] pushed into slots starting at the oldest entry.
     expected = [([0, 1, 2], 2), ([3, 1, 2], 1), ([3, 4, 0], 0), ([1, 2, 0], 2)]
     for coords, head in expected:
         opt.step(closure_of(f, [x]))
-        assert opt._engine.coords.tolist() == coords
-        assert opt._engine.head == head
+        assert opt._state.coords.tolist() == coords
+        assert opt._state.counters.head == head
 
 
 @pytest.mark.parametrize("memory", [None, 4], ids=["dense", "fifo"])
@@ -206,7 +206,7 @@ def test_init_grad_entry_k_is_coordinate_k(backend, device, memory):
     opt.step(closure_of(bumpy(n, device), [x]))  # refreshes coordinate 0 only
     init = init.to(device)
     torch.testing.assert_close(x[1:m], x0[1:m] - lr * init[1:m], rtol=1e-15, atol=0)
-    torch.testing.assert_close(opt._engine.v[1:m], init[1:m], rtol=0, atol=0)
+    torch.testing.assert_close(opt._state.v[1:m], init[1:m], rtol=0, atol=0)
     assert torch.equal(x[m:], x0[m:])
 
 
@@ -231,18 +231,18 @@ def test_fifo_decay_uses_momentum_of_entry_group(backend):
     opt = CoCD(groups, lr=0.0, compute_budget=1, memory_budget=4, init_grad=init, backend=backend)
     closure = closure_of(bumpy(6), [a, b])
     opt.step(closure)  # refresh coordinate 0; coordinates 1, 2 in group 0, 3 in group 1
-    assert opt._engine.v[1:].tolist() == [2.0 * 0.5, 3.0 * 0.5, 4.0 * 0.25]
-    fresh0 = float(opt._engine.v[0])
+    assert opt._state.v[1:].tolist() == [2.0 * 0.5, 3.0 * 0.5, 4.0 * 0.25]
+    fresh0 = float(opt._state.v[0])
     opt.step(closure)  # refresh coordinate 1
-    assert opt._engine.v[[0, 2, 3]].tolist() == [fresh0 * 0.5, 3.0 * 0.25, 4.0 * 0.25**2]
+    assert opt._state.v[[0, 2, 3]].tolist() == [fresh0 * 0.5, 3.0 * 0.25, 4.0 * 0.25**2]
     opt.step(closure)
     opt.step(closure)
     opt.step(closure)  # coordinate 4 (group 1) evicts coordinate 0 in slot 0
-    assert opt._engine.coords.tolist() == [4, 1, 2, 3]
-    fresh = opt._engine.v.tolist()
+    assert opt._state.coords.tolist() == [4, 1, 2, 3]
+    fresh = opt._state.v.tolist()
     opt.step(closure)  # coordinate 5 evicts coordinate 1; slot 0 is coordinate 4 of group 1
-    assert opt._engine.coords.tolist() == [4, 5, 2, 3]
-    assert opt._engine.v[[0, 2, 3]].tolist() == [fresh[0] * 0.25, fresh[2] * 0.5, fresh[3] * 0.25]
+    assert opt._state.coords.tolist() == [4, 5, 2, 3]
+    assert opt._state.v[[0, 2, 3]].tolist() == [fresh[0] * 0.25, fresh[2] * 0.5, fresh[3] * 0.25]
 
 
 # ------------------------------------------------------------------- evaluation pattern
@@ -404,8 +404,8 @@ def test_low_precision_lr_zero_is_bit_identical(backend, dtype, central, memory)
     bits = torch.int16
     assert torch.equal(big.view(bits), saved[0].view(bits))
     assert torch.equal(small.view(bits), saved[1].view(bits))
-    assert bool(torch.isfinite(opt._engine.v).all())
-    assert torch.count_nonzero(opt._engine.v) > 0
+    assert bool(torch.isfinite(opt._state.v).all())
+    assert torch.count_nonzero(opt._state.v) > 0
 
 
 @pytest.mark.parametrize(
@@ -421,9 +421,9 @@ def test_buffer_dtype(backend, dtype, acc):
     """The buffer is float32 for fp16/bf16/fp32 parameters and float64 for float64."""
     x = torch.ones(4, dtype=dtype)
     opt = CoCD([x], backend=backend)
-    assert opt._engine.v.dtype == acc
+    assert opt._state.v.dtype == acc
     fifo = CoCD([x], memory_budget=2, backend=backend)
-    assert fifo._engine.v.dtype == acc
+    assert fifo._state.v.dtype == acc
 
 
 def rounded(value, dtype):
@@ -454,7 +454,7 @@ def test_realised_step_is_the_denominator(backend, dtype, central, eps):
     assert h[4] == 0.0  # 1000 +- eps rounds back to 1000
     expected = [wi if hi != 0 else 0.0 for wi, hi in zip(w, h, strict=True)]
     expected = torch.tensor(expected, dtype=torch.float32)
-    torch.testing.assert_close(opt._engine.v, expected, rtol=2e-7, atol=0)
+    torch.testing.assert_close(opt._state.v, expected, rtol=2e-7, atol=0)
 
 
 # -------------------------------------------------------------------------- quick start
@@ -533,7 +533,7 @@ def test_python_float_loss(backend):
         loss_x = opt_x.step(lambda: float(f(x)))
         loss_y = opt_y.step(closure_of(f, [y]))
         assert torch.equal(x, y)
-        assert torch.equal(opt_x._engine.v, opt_y._engine.v)
+        assert torch.equal(opt_x._state.v, opt_y._state.v)
         assert float(loss_x) == float(loss_y)
 
 
@@ -590,7 +590,7 @@ def test_noncontiguous_params_use_logical_order(backend, make, memory):
         opt_p.step(lambda: objective(p))
         opt_q.step(lambda: objective(q))
     torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(opt_p._engine.v, opt_q._engine.v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt_p._state.v, opt_q._state.v, rtol=1e-12, atol=1e-14)
     assert p.stride() == strides
 
 

@@ -58,9 +58,8 @@ def run_single(options, steps, backend):
 
 
 def snapshot(params, opt):
-    e = opt._engine
-    coords = None if e.coords is None else e.coords.clone()
-    return [p.clone() for p in params], e.v.clone(), coords, (e.c, e.t, e.head)
+    st = opt.state_dict()["state"]
+    return [p.clone() for p in params], st["buffer"], st["coords"], (st["c"], st["t"], st["head"])
 
 
 def _worker(rank, world, store, out, backend, mode, task):

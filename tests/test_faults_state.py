@@ -4,6 +4,7 @@ import io
 
 import pytest
 import torch
+from conftest import assert_same_state, snapshot
 
 from cocd_cuda import CoCD
 
@@ -41,26 +42,6 @@ def objective(ps):
     """A smooth non-quadratic objective of the parameters (float64 value)."""
     z = torch.cat([p.reshape(-1).double() for p in ps])
     return (torch.cos(z) * W).sum() + 0.25 * (z**4).sum()
-
-
-def snapshot(opt, ps):
-    """Copies of the parameters and of the whole optimizer state."""
-    e = opt._engine
-    coords = None if e.coords is None else e.coords.clone()
-    return [p.clone() for p in ps], e.v.clone(), coords, e.head, e.c, e.t
-
-
-def assert_same(opt, ps, snap):
-    """Parameters and optimizer state equal ``snap`` bit for bit."""
-    xs, v, coords, head, c, t = snap
-    for p, x in zip(ps, xs, strict=True):
-        assert torch.equal(p, x)
-    e = opt._engine
-    assert torch.equal(e.v, v)
-    assert (e.coords is None) == (coords is None)
-    if coords is not None:
-        assert torch.equal(e.coords, coords)
-    assert (e.head, e.c, e.t) == (head, c, t)
 
 
 def failing(closure, at, error=None, value=None):
@@ -112,11 +93,11 @@ def test_closure_raising_changes_nothing(backend, central, memory, pos):
     with pytest.raises(Boom) as caught:
         opt.step(failing(lambda: objective(ps), pos, error=err))
     assert caught.value is err
-    assert_same(opt, ps, snap)
+    assert_same_state(opt, ps, snap)
     # The failed step left no trace: the next step is the one the twin takes.
     loss = opt.step(lambda: objective(ps))
     twin_loss = twin.step(lambda: objective(twin_ps))
-    assert_same(opt, ps, snapshot(twin, twin_ps))
+    assert_same_state(opt, ps, snapshot(twin, twin_ps))
     assert torch.equal(loss, twin_loss)
 
 
@@ -126,7 +107,7 @@ def test_keyboard_interrupt_restores_parameters(backend):
     snap = snapshot(opt, ps)
     with pytest.raises(KeyboardInterrupt):
         opt.step(failing(lambda: objective(ps), 3, error=KeyboardInterrupt()))
-    assert_same(opt, ps, snap)
+    assert_same_state(opt, ps, snap)
 
 
 # ------------------------------------------------------------------- non-finite losses
@@ -150,10 +131,10 @@ def test_nonfinite_loss_raises_and_changes_nothing(backend, central, memory, whe
     at = 0 if where == "first" else (2 * B if central else B + 1) - 1
     with pytest.raises(FloatingPointError, match="non-finite"):
         opt.step(failing(lambda: objective(ps), at, value=bad))
-    assert_same(opt, ps, snap)
+    assert_same_state(opt, ps, snap)
     opt.step(lambda: objective(ps))
     twin.step(lambda: objective(twin_ps))
-    assert_same(opt, ps, snapshot(twin, twin_ps))
+    assert_same_state(opt, ps, snapshot(twin, twin_ps))
 
 
 @pytest.mark.parametrize("memory", [None, 4], ids=["dense", "fifo"])
@@ -164,7 +145,7 @@ def test_estimate_overflow_raises(backend, memory):
     snap = snapshot(opt, [x])
     with pytest.raises(FloatingPointError):
         opt.step(lambda: torch.tensor(1e308 if x.sum() > 0 else -1e308, dtype=torch.float64))
-    assert_same(opt, [x], snap)
+    assert_same_state(opt, [x], snap)
 
 
 def test_estimate_overflowing_float32_buffer_raises(backend):
@@ -175,7 +156,7 @@ def test_estimate_overflowing_float32_buffer_raises(backend):
     # (1e38 - 0) / 0.1 = 1e39 is finite in float64 but not in the float32 buffer.
     with pytest.raises(FloatingPointError):
         opt.step(lambda: torch.tensor(1e38 if x.sum() > 0 else 0.0, dtype=torch.float64))
-    assert_same(opt, [x], snap)
+    assert_same_state(opt, [x], snap)
 
 
 @pytest.mark.parametrize("bad", NONFINITE)
@@ -195,8 +176,8 @@ def test_nonfinite_zero_stores_zero(backend, memory, bad):
 
     opt.step(closure)
     twin.step(lambda: objective(twin_ps))
-    v, tv = opt._engine.v, twin._engine.v
-    slot = k if memory is None else int((opt._engine.coords == k).nonzero())
+    v, tv = opt._state.v, twin._state.v
+    slot = k if memory is None else int((opt._state.coords == k).nonzero())
     assert v[slot] == 0.0
     assert tv[slot] != 0.0
     others = [j for j in range(v.numel()) if j != slot]
@@ -211,10 +192,10 @@ def test_nonfinite_zero_forward_base_loss(backend):
     """nonfinite='zero', forward: a non-finite f(x) zeroes every fresh estimate of the step."""
     opt, ps = make(backend, False, None, dtype=torch.float64, nonfinite="zero")
     opt.step(lambda: objective(ps))  # coordinates 0, 1, 2 get estimates
-    before = opt._engine.v.clone()
+    before = opt._state.v.clone()
     assert torch.count_nonzero(before[:3]) == 3
     opt.step(failing(lambda: objective(ps), 0, value=float("nan")))
-    v = opt._engine.v
+    v = opt._state.v
     assert torch.equal(v[3:6], torch.zeros(3, dtype=torch.float64))
     assert torch.equal(v[:3], before[:3] * torch.tensor([0.9, 0.9, 0.9], dtype=torch.float64))
     assert bool(torch.isfinite(v).all())
@@ -259,7 +240,7 @@ def test_resume_is_bit_exact(backend, central, memory, via, dtype):
     assert opt_c.step_count == 3
     losses_c = [opt_c.step(lambda: objective(ps_c)) for _ in range(3)]
 
-    assert_same(opt_c, ps_c, snapshot(opt_a, ps_a))
+    assert_same_state(opt_c, ps_c, snapshot(opt_a, ps_a))
     assert [float(x) for x in losses_c] == [float(x) for x in losses_a[3:]]
     assert opt_c.param_groups[1]["lr"] == 0.025
 
@@ -271,7 +252,7 @@ def test_state_dict_contents(backend):
         opt.step(lambda: objective(ps))
     sd = opt.state_dict()
     st = sd["state"]
-    assert torch.equal(st["buffer"], opt._engine.v)
+    assert torch.equal(st["buffer"], opt._state.v)
     assert st["coords"].tolist() == [4, 5, 2, 3]  # blocks 0-2 then 3-5 pushed into a ring of 4
     assert (st["head"], st["c"], st["t"]) == (2, 6, 2)
     assert (st["n"], st["compute_budget"], st["memory_budget"]) == (7, 3, 4)
@@ -281,7 +262,7 @@ def test_state_dict_contents(backend):
     saved = st["buffer"].clone()
     opt.step(lambda: objective(ps))
     assert torch.equal(st["buffer"], saved)  # a copy, not the live buffer
-    assert not torch.equal(opt._engine.v, saved)
+    assert not torch.equal(opt._state.v, saved)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +284,7 @@ def test_load_state_dict_rejects_other_options(backend, option, value):
     snap = snapshot(other, [p for g in other.param_groups for p in g["params"]])
     with pytest.raises(ValueError, match=f"{option}="):
         other.load_state_dict(opt.state_dict())
-    assert_same(other, [p for g in other.param_groups for p in g["params"]], snap)
+    assert_same_state(other, [p for g in other.param_groups for p in g["params"]], snap)
 
 
 def test_load_state_dict_rejects_other_size(backend):
@@ -332,12 +313,12 @@ def test_reset_restarts(backend, central, memory):
         opt.step(lambda: objective(ps))
     opt.param_groups[0]["lr"] = 0.03  # a changed option survives the reset
     opt.reset()
-    e = opt._engine
-    assert torch.count_nonzero(e.v) == 0
-    assert (e.head, e.c, e.t, opt.step_count) == (0, 0, 0, 0)
+    st = opt.state_dict()["state"]
+    assert torch.count_nonzero(st["buffer"]) == 0
+    assert (st["head"], st["c"], st["t"], opt.step_count) == (0, 0, 0, 0)
     m = 7 if memory is None else memory
     if memory is not None:
-        assert e.coords.tolist() == list(range(m))
+        assert st["coords"].tolist() == list(range(m))
     assert (opt.compute_budget, opt.memory_budget, opt.central_difference) == (B, m, central)
     assert opt.nonfinite == "raise"
     assert opt.param_groups[0]["lr"] == 0.03
@@ -354,7 +335,7 @@ def test_reset_restarts(backend, central, memory):
         loss = opt.step(lambda: objective(ps))
         fresh_loss = fresh.step(lambda: objective(fresh_ps))
         assert torch.equal(loss, fresh_loss)
-        assert_same(opt, ps, snapshot(fresh, fresh_ps))
+        assert_same_state(opt, ps, snapshot(fresh, fresh_ps))
 
 
 def test_reset_zeroes_init_grad(backend):
@@ -362,4 +343,4 @@ def test_reset_zeroes_init_grad(backend):
     x = torch.randn(4)
     opt = CoCD([x], lr=0.0, init_grad=torch.ones(4), backend=backend)
     opt.reset()
-    assert torch.equal(opt._engine.v, torch.zeros(4))
+    assert torch.equal(opt._state.v, torch.zeros(4))

@@ -223,7 +223,7 @@ def test_graphed_rejects_what_a_graph_cannot_replay():
 def test_ops_reject_counters_out_of_range():
     opt = CoCD(make_params("cpu"), compute_budget=5, backend="native")
     eng = opt._engine
-    table = eng._param_table()
+    table = eng.param_table()
     for bad, match in (([38, 0, 0], "block pointer c = 38"), ([-1, 0, 0], "c = -1")):
         with pytest.raises(ValueError, match=match):
             torch.ops.cocd_cuda.plan_(eng._slots, table, torch.tensor(bad), 38, [0.1], True)

@@ -57,16 +57,16 @@ def twin_runs(sizes, dtype, device, steps, groups=None, **options):
         yield runs, losses
 
 
-def assert_same_state(runs, dtype):
+def assert_runs_agree(runs, dtype):
     (p_ref, o_ref, _), (p_nat, o_nat, _) = runs
     for a, b in zip(p_ref, p_nat, strict=True):
         torch.testing.assert_close(b, a, **TOL[dtype])
-    e_ref, e_nat = o_ref._engine, o_nat._engine
+    s_ref, s_nat = o_ref.state_dict()["state"], o_nat.state_dict()["state"]
     buf_tol = TOL[torch.float64 if dtype == torch.float64 else torch.float32]
-    torch.testing.assert_close(e_nat.v, e_ref.v, **buf_tol)
-    if e_ref.coords is not None:
-        assert torch.equal(e_nat.coords, e_ref.coords)
-    assert (e_nat.c, e_nat.t, e_nat.head) == (e_ref.c, e_ref.t, e_ref.head)
+    torch.testing.assert_close(s_nat["buffer"], s_ref["buffer"], **buf_tol)
+    if s_ref["coords"] is not None:
+        assert torch.equal(s_nat["coords"], s_ref["coords"])
+    assert (s_nat["c"], s_nat["t"], s_nat["head"]) == (s_ref["c"], s_ref["t"], s_ref["head"])
 
 
 CONFIGS = {
@@ -86,7 +86,7 @@ def test_native_matches_reference_every_step(config, dtype, device):
     options = dict(lr=0.05, eps=0.01, **CONFIGS[config])
     sizes = [(3, 4), (5,), (2, 1, 3), ()]
     for runs, (l_ref, l_nat) in twin_runs(sizes, dtype, device, steps=7, **options):
-        assert_same_state(runs, dtype)
+        assert_runs_agree(runs, dtype)
         assert l_nat.dtype == l_ref.dtype and l_nat.shape == ()
         torch.testing.assert_close(l_nat, l_ref, rtol=1e-12, atol=1e-12)
 
@@ -122,7 +122,7 @@ def test_cpu_host_evaluation_equals_the_advance_op(config, dtype):
     for _ in range(7):
         assert torch.equal(o_host.step(f_host), o_op.step(f_op))
         assert all(torch.equal(a, b) for a, b in zip(p_host, p_op, strict=True))
-        assert torch.equal(o_host._engine.v, o_op._engine.v)
+        assert torch.equal(o_host._state.v, o_op._state.v)
 
 
 @pytest.mark.parametrize("host", [True, False], ids=["host", "advance_"])
@@ -156,7 +156,7 @@ def test_native_matches_reference_with_param_groups(mode, dtype, device):
     extra = dict(memory_budget=8) if mode == "fifo" else {}
     sizes = [(4,), (3, 3), (7,), (2, 2)]
     for runs, _ in twin_runs(sizes, dtype, device, 9, groups=groups, compute_budget=5, **extra):
-        assert_same_state(runs, dtype)
+        assert_runs_agree(runs, dtype)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +171,7 @@ def test_native_matches_reference_at_awkward_sizes(sizes, mode, device):
     extra = dict(memory_budget=max(B, n // 2)) if mode == "fifo" and n > 1 else {}
     steps = 4 if n > 1000 else 25  # enough to wrap around n for the small cases
     for runs, _ in twin_runs(sizes, torch.float32, device, steps, compute_budget=B, **extra):
-        assert_same_state(runs, torch.float32)
+        assert_runs_agree(runs, torch.float32)
 
 
 @pytest.mark.parametrize("mode", ["dense", "fifo"])
@@ -180,7 +180,7 @@ def test_native_matches_reference_with_init_grad(mode, device):
     init = torch.linspace(-1, 1, m, dtype=torch.float64)
     options = dict(compute_budget=2, memory_budget=m, momentum=0.9, init_grad=init)
     for runs, _ in twin_runs([(n,)], torch.float64, device, 5, **options):
-        assert_same_state(runs, torch.float64)
+        assert_runs_agree(runs, torch.float64)
     assert init.equal(torch.linspace(-1, 1, m, dtype=torch.float64))  # never aliased
 
 
@@ -245,7 +245,7 @@ def _engine_inputs(device, dtype=torch.float32, **options):
     params = make_params([(3, 4), (5,)], dtype, device)
     opt = CoCD(params, compute_budget=4, backend="native", **options)
     eng = opt._engine
-    return params, opt, eng, eng._param_table()
+    return params, opt, eng, eng.param_table()
 
 
 def _op_samples(device):
@@ -254,9 +254,8 @@ def _op_samples(device):
     Returns the engines too: the parameter table holds raw pointers, so the caller
     must keep the parameters alive while it runs the ops.
     """
-    params, _, eng, table = _engine_inputs(device)
-    eng_f = _engine_inputs(device, memory_budget=6, central_difference=False)[2]
-    table_f = eng_f._param_table()
+    params, opt, eng, table = _engine_inputs(device)
+    _, opt_f, eng_f, table_f = _engine_inputs(device, memory_budget=6, central_difference=False)
     n = eng.layout.n
     counters = torch.tensor([2, 1, 0], device=device)  # c = 2, head = 1, t = 0
     losses = torch.linspace(1.0, 2.0, eng._n_eval, dtype=torch.float64, device=device)
@@ -276,11 +275,11 @@ def _op_samples(device):
             True,
             False,
         ),
-        "dense_update_": (params, eng.v, g, 0, counters, n, 0.1, 0.01, 0.9),
+        "dense_update_": (params, opt._state.v, g, 0, counters, n, 0.1, 0.01, 0.9),
         "fifo_update_": (
             eng_f.layout.params,
-            eng_f.coords,
-            eng_f.v,
+            opt_f._state.coords,
+            opt_f._state.v,
             g[:4],
             table_f,
             counters,
@@ -295,7 +294,7 @@ def _op_samples(device):
             torch.tensor([0.1, -0.1], dtype=torch.float64, device=device),
         ),
     }
-    return samples, (params, eng, eng_f)
+    return samples, (params, opt, opt_f)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from cocd_cuda import CoCD, ModelObjective
-from cocd_cuda.reference import GroupHyper
+from cocd_cuda.evaluation import Block
+from cocd_cuda.layout import ParamLayout
 
 
 def mlp():
@@ -59,12 +60,19 @@ def objective(model_name, loss_name, strategy, **kwargs):
     return model, ModelObjective(model, loss_fn, x, make_y(x), strategy=strategy, **kwargs)
 
 
+def first_block(opt, eps: float) -> Block:
+    """The points of ``opt``'s first step, with every group's eps set to ``eps``."""
+    layout = ParamLayout(opt.param_groups)
+    eps_all = [eps] * len(opt.param_groups)
+    return Block.at(layout, 0, opt.compute_budget, eps_all, opt.central_difference)
+
+
 def block_losses(model_name, loss_name, strategy, central, **kwargs):
     """All of a step's losses with every coordinate in the block (B = n)."""
     model, obj = objective(model_name, loss_name, strategy, **kwargs)
     params = list(model.parameters())
     opt = CoCD(params, compute_budget=10**6, central_difference=central, eps=0.01)
-    return obj.evaluate_block(opt._engine.block([GroupHyper(0.1, 0.0, 0.01, 1.0)]))
+    return obj.evaluate_block(first_block(opt, 0.01))
 
 
 @pytest.mark.parametrize("central", [True, False], ids=["central", "forward"])
@@ -92,7 +100,7 @@ def test_training_trajectory_equals_sequential(strategy, mode, backend):
         )
         for _ in range(12):
             opt.step(obj)
-        finals[strat] = (torch.cat([p.reshape(-1) for p in model.parameters()]), opt._engine.v)
+        finals[strat] = (torch.cat([p.reshape(-1) for p in model.parameters()]), opt._state.v)
     torch.testing.assert_close(finals[strategy][0], finals["sequential"][0], rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(finals[strategy][1], finals["sequential"][1], rtol=1e-9, atol=1e-11)
 
@@ -106,7 +114,7 @@ def test_fp32_model_agrees_within_rounding():
         model.float()
         obj.set_batch(obj.inputs.float(), obj.targets.float())
         opt = CoCD(model.parameters(), compute_budget=10**6, eps=0.05)
-        results[strategy] = obj.evaluate_block(opt._engine.block([GroupHyper(0.1, 0.0, 0.05, 1.0)]))
+        results[strategy] = obj.evaluate_block(first_block(opt, 0.05))
     for strategy in ("layered", "batched"):
         torch.testing.assert_close(results[strategy], results["sequential"], rtol=2e-6, atol=1e-6)
 
@@ -146,7 +154,7 @@ def test_unsupported_model_falls_back_with_an_explanation():
         ModelObjective(Scaled(), nn.MSELoss(), x, y, strategy="layered")
     model = obj.model
     opt = CoCD(model.parameters(), compute_budget=8)
-    block = opt._engine.block([GroupHyper(0.1, 0.0, 0.1, 1.0)])
+    block = first_block(opt, 0.1)
     with pytest.warns(UserWarning, match="using the sequential strategy"):
         got = obj.evaluate_block(block)
     assert obj.strategy == "sequential"
@@ -168,7 +176,7 @@ def test_parameters_outside_the_model_are_evaluated_sequentially():
     base_loss = obj.loss_fn
     obj.loss_fn = lambda out, y: base_loss(out * temperature, y)
     opt = CoCD([*model.parameters(), temperature], compute_budget=10**6)
-    block = opt._engine.block([GroupHyper(0.1, 0.0, 0.1, 1.0)])
+    block = first_block(opt, 0.1)
     got = obj.evaluate_block(block)
     obj.strategy = "sequential"
     torch.testing.assert_close(got, obj.evaluate_block(block), rtol=1e-12, atol=1e-13)

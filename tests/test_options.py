@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_state, snapshot
 
 from cocd_cuda import CoCD
 
@@ -22,25 +23,9 @@ def quad_closure(ps):
     return lambda: sum((p.double() ** 2).sum() for p in ps)
 
 
-def snapshot(opt, ps):
-    """Copies of the parameters and of the optimizer's state, for bit-for-bit checks."""
-    e = opt._engine
-    coords = None if e.coords is None else e.coords.clone()
-    return [p.clone() for p in ps], e.v.clone(), coords, e.head, e.c, e.t
-
-
 def shape_pattern(shape):
     """A regex for ``shape`` written as a tuple, (2, 3), or as a list, [2, 3]."""
     return r"shape [\(\[]" + ", ".join(map(str, shape)) + r",?[\)\]]"
-
-
-def assert_unchanged(opt, ps, snap):
-    xs, v, coords, head, c, t = snap
-    assert all(torch.equal(p, x) for p, x in zip(ps, xs, strict=True))
-    e = opt._engine
-    assert torch.equal(e.v, v)
-    assert (e.coords is None and coords is None) or torch.equal(e.coords, coords)
-    assert (e.head, e.c, e.t) == (head, c, t)
 
 
 # ----------------------------------------------------------------- group hyperparameters
@@ -87,7 +72,7 @@ def test_invalid_hyperparameter_set_between_steps_rejected_at_step(backend, name
     with pytest.raises(ValueError, match=re.escape(message)):
         opt.step(lambda: calls.append(1) or quad_closure(ps)())
     assert calls == []
-    assert_unchanged(opt, ps, snap)
+    assert_same_state(opt, ps, snap)
 
 
 @pytest.mark.parametrize(
@@ -153,11 +138,11 @@ def test_budgets_clamped_to_n_and_dense_iff_m_is_n(backend, budget, memory, expe
     opt = CoCD(params(5), compute_budget=budget, memory_budget=memory, backend=backend)
     assert (opt.compute_budget, opt.memory_budget) == expected
     m = expected[1]
-    assert opt._engine.v.shape == (m,)
+    assert opt._state.v.shape == (m,)
     if m == 5:
-        assert opt._engine.coords is None
+        assert opt._state.coords is None
     else:
-        assert opt._engine.coords.tolist() == list(range(m))
+        assert opt._state.coords.tolist() == list(range(m))
 
 
 def test_budgets_accept_integer_like_values(backend):
@@ -239,7 +224,7 @@ def test_init_grad_is_copied_and_read_flat(backend, device):
     init = torch.arange(6, dtype=F64).reshape(2, 3) + 0.5
     opt = CoCD([x], lr=0.0, init_grad=init, backend=backend)
     init.fill_(-7.0)  # the caller's tensor changes: the buffer must not
-    v = opt._engine.v
+    v = opt._state.v
     assert v.dtype == torch.float32
     assert v.device == x.device
     assert v.tolist() == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
@@ -291,7 +276,7 @@ def test_add_param_group_after_construction(backend):
     with pytest.raises(RuntimeError, match="add_param_group"):
         opt.add_param_group({"params": params()})
     assert len(opt.param_groups) == 1
-    assert opt._engine.layout.n == 5
+    assert opt._state.n == 5
 
 
 @pytest.mark.parametrize(
@@ -350,7 +335,7 @@ def test_closure_returning_non_scalar(backend, shape, central):
     snap = snapshot(opt, ps)
     with pytest.raises(ValueError, match=shape_pattern(shape)):
         opt.step(lambda: torch.ones(shape))
-    assert_unchanged(opt, ps, snap)
+    assert_same_state(opt, ps, snap)
 
 
 @pytest.mark.parametrize(
@@ -368,4 +353,4 @@ def test_closure_returning_non_number(backend, value):
     snap = snapshot(opt, ps)
     with pytest.raises(TypeError, match=type(value).__name__):
         opt.step(lambda: value)
-    assert_unchanged(opt, ps, snap)
+    assert_same_state(opt, ps, snap)

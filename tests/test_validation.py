@@ -211,7 +211,7 @@ def test_adjacent_slices_are_accepted(backend):
     """Views that do not overlap are distinct coordinates: n counts each element once."""
     b = torch.zeros(10)
     opt = CoCD([b[:4], b[4:]], backend=backend)
-    assert opt._engine.layout.n == 10
+    assert opt._state.n == 10
 
 
 # --------------------------------------------------------- 6. storage replaced later
