@@ -29,9 +29,11 @@ figure); prints the table.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -126,6 +128,7 @@ def summarise(run: dict, n: int) -> dict:
     return {
         "steps_per_cycle": cycle,
         "mean_error": mean("error", rows),
+        "median_error": statistics.median(r["error"] for r in rows) if rows else None,
         "mean_error_after_first_cycle": mean("error", late),
         "mean_fd_norm": mean("fd_norm", rows),
         "mean_relative_error": sum(rel) / len(rel) if rel else None,
@@ -152,61 +155,81 @@ def log_fit(budgets: list[int], values: list[float]) -> dict:
 
 def markdown(result: dict) -> str:
     f = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    s = result["settings"]
     lines = [
-        "| B | B / n | steps per cycle | status | mean error | mean error after cycle 1 "
-        "| mean grad_eps norm | mean relative error | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"SARCOS, {s['model']} ({s['parameters']:,} parameters), lr {s['lr']:g}, momentum "
+        f"{s['momentum']:g}, eps {s['eps']:g}, weight decay {s['weight_decay']:g}, batch "
+        f"{s['batch']}, seed {s['seed']}; {s['steps']} steps per B, error measured every "
+        f"{s['every']} steps. {result['machine']}, torch {result['torch']}, commit "
+        f"{result['commit']}.",
+        "",
+        "| B | B / n | steps per cycle | status | mean error | median error "
+        "| mean error after cycle 1 | mean grad_eps norm | mean relative error | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    n = result["settings"]["parameters"]
     for r in result["runs"]:
         sm = r["summary"]
         lines.append(
-            f"| {r['budget']} | {100 * r['budget'] / n:.1f}% | {sm['steps_per_cycle']} "
-            f"| {r['status']} | {f(sm['mean_error'])} | {f(sm['mean_error_after_first_cycle'])} "
+            f"| {r['budget']} | {100 * r['budget'] / s['parameters']:.1f}% "
+            f"| {sm['steps_per_cycle']} | {r['status']} | {f(sm['mean_error'])} "
+            f"| {f(sm['median_error'])} | {f(sm['mean_error_after_first_cycle'])} "
             f"| {f(sm['mean_fd_norm'])} | {f(sm['mean_relative_error'], 3)} | {r['seconds']:.0f} |"
         )
+    lines.append("")
+    slope = (PAPER_ENDS[2048] - PAPER_ENDS[16]) / 7
     for key, fit in result["fits"].items():
         lines.append(
-            f"\nLine fit of {key.replace('_', ' ')} against log2 B: slope "
+            f"Line fit of the {key.replace('_', ' ')} against log2 B: slope "
             f"{fit['slope_per_doubling']:.2f} per doubling, R^2 {f(fit['r2'], 3)} "
-            f"(paper: about {(PAPER_ENDS[2048] - PAPER_ENDS[16]) / 7:.2f} per doubling)."
+            f"(paper: about {slope:.2f} per doubling, R^2 about 1)."
         )
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path: str) -> str:
-    """Mean error against B on a log-x axis (the paper's layout), with the paper's ends."""
+    """Left, the paper's layout: average error against B (log-x), with the paper's ends.
+    Right: the error at each measured step, one line per B."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = result["runs"]
+    runs, s = result["runs"], result["settings"]
     budgets = [r["budget"] for r in runs]
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    values = list(PAPER_ENDS.values())
     for key, label, marker in (
-        ("mean_error", "all measured steps", "o"),
-        ("mean_error_after_first_cycle", "after the first cycle", "s"),
+        ("mean_error", "mean, all measured steps", "o"),
+        ("median_error", "median, all measured steps", "^"),
+        ("mean_error_after_first_cycle", "mean after the first cycle", "s"),
     ):
-        pts = [
-            (b, r["summary"][key])
-            for b, r in zip(budgets, runs, strict=True)
-            if r["summary"][key] is not None
-        ]
+        pts = [(b, r["summary"][key]) for b, r in zip(budgets, runs, strict=True)]
+        pts = [(b, v) for b, v in pts if v is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker=marker, label=f"CoCD, {label}")
+            values += [v for _, v in pts]
     ends = sorted(PAPER_ENDS.items())
     ax.plot(*zip(*ends, strict=True), "k--", lw=1, label="paper (read off its figure)")
     ax.set_xscale("log", base=2)
+    if max(values) > 20 * min(values):  # a blow-up would flatten everything else
+        ax.set_yscale("log")
     ax.set_xticks(budgets, [str(b) for b in budgets])
-    s = result["settings"]
     ax.set(
         xlabel="block size B",
         ylabel=r"average $\|\hat g_t - \nabla_\epsilon f(x_t)\|$",
-        title=f"SARCOS, {s['parameters']:,}-parameter MLP, {s['steps']} steps",
+        title=f"{s['parameters']:,}-parameter SARCOS MLP, lr {s['lr']:g}, {s['steps']} steps",
     )
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    colours = plt.cm.viridis([k / max(1, len(runs) - 1) for k in range(len(runs))])
+    for r, colour in zip(runs, colours, strict=True):
+        rows = r["measurements"]
+        ax2.plot([m["step"] for m in rows], [m["error"] for m in rows], color=colour,
+                 lw=1, label=f"B = {r['budget']}")  # fmt: skip
+    ax2.set(yscale="log", xlabel="step t", ylabel=r"$\|\hat g_t - \nabla_\epsilon f(x_t)\|$",
+            title="at each measured step")  # fmt: skip
+    ax2.legend(fontsize=7, ncol=2)
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -233,12 +256,17 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=550, help="CoCD steps per B (55 per epoch)")
     p.add_argument("--every", type=int, default=11, help="measure every K steps")
     p.add_argument("--hidden", type=int, default=32, help="MLP width (32: 4,103 parameters)")
+    p.add_argument("--lr", type=float, default=None, help="default: the preset's (1e-3)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
     p.add_argument("--data", default=None, help="data folder (as benchmarks.paper)")
     p.add_argument("--out", default=OUT, help="JSON path (.md and .png beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--replot", action="store_true", help="redo --out's table and plot, no run")
     common.show_defaults(p)
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.out) as fh:
+            return finish(json.load(fh), os.path.splitext(args.out)[0])
     budgets = parse_budgets(args.budgets)
     for key in ("steps", "every", "hidden"):
         if getattr(args, key) < 1:
@@ -246,6 +274,8 @@ def main(argv=None) -> dict:
     if os.path.exists(args.out) and not args.overwrite:
         raise SystemExit(f"{args.out} exists: pass --overwrite to replace it, or another --out")
     preset = ["--preset", "paper-sarcos", "--seed", str(args.seed)]
+    if args.lr is not None:
+        preset += ["--lr", repr(args.lr)]
     s = paper.resolve_settings(paper.parse_args(preset))
     torch.set_num_threads(s["threads"])
     try:
@@ -309,15 +339,21 @@ def main(argv=None) -> dict:
             flush=True,
         )
         paper.write_json(result, stem)
+    return finish(result, stem)
+
+
+def finish(result: dict, stem: str) -> dict:
+    """Summaries, line fits, the markdown table and the plot of a finished result."""
+    n = result["settings"]["parameters"]
+    for run in result["runs"]:
+        run["summary"] = summarise(run, n)
     result["fits"] = {}
-    for key in ("mean_error", "mean_error_after_first_cycle"):
-        pts = [
-            (r["budget"], r["summary"][key])
-            for r in result["runs"]
-            if r["summary"][key] is not None
-        ]
+    for key in ("mean_error", "median_error", "mean_error_after_first_cycle"):
+        pts = [(r["budget"], r["summary"][key]) for r in result["runs"]]
+        pts = [(b, v) for b, v in pts if v is not None]
         if len(pts) >= 2:
             result["fits"][key] = log_fit(*map(list, zip(*pts, strict=True)))
+    result["summarised_at_commit"] = paper.git_commit()
     paper.write_json(result, stem)
     table = markdown(result)
     with open(stem + ".md", "w") as fh:

@@ -194,3 +194,7 @@ def test_command_on_sarcos_with_the_whole_net_in_one_block(tmp_path):
     assert (tmp_path / "fig5.md").is_file() and result["runs"][0]["budget"] == 4103
     with pytest.raises(SystemExit, match="exists"):
         grad_error.main(["--budgets", "4103", "--steps", "1", "--out", str(out)])
+    (tmp_path / "fig5.md").unlink()
+    again = grad_error.main(["--out", str(out), "--replot"])
+    assert (tmp_path / "fig5.md").is_file()
+    assert again["runs"][0]["summary"] == result["runs"][0]["summary"]
