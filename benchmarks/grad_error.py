@@ -73,10 +73,15 @@ def buffer(opt: cocd_cuda.CoCD) -> torch.Tensor:
     return opt.state_dict()["state"]["buffer"].double()
 
 
-def train_and_measure(model, batches, s: dict, budget: int, every: int) -> dict:
+def train_and_measure(
+    model, batches, s: dict, budget: int, every: int, noise: bool = False
+) -> dict:
     """Train ``model`` with CoCD at block size ``budget`` on ``batches`` (a list of (x, y));
     at steps every, 2 every, ... the error ``||g_hat_t - grad_eps f(x_t)||``.
 
+    With ``noise``, also the mini-batch noise at x_t: ``||grad_eps f(x_t) - grad_eps
+    f'(x_t)||`` with f' the loss on the next step's batch, what the error would be if
+    every buffer entry were exact at x_t but came from another batch.
     Stops at a non-finite loss (recorded in ``status``).
     """
     opt = cocd_cuda.CoCD(
@@ -96,6 +101,10 @@ def train_and_measure(model, batches, s: dict, budget: int, every: int) -> dict:
         measure = t % every == 0
         if measure:
             g = fd_gradient(objective, opt)
+            if noise:
+                objective.set_batch(*batches[t % len(batches)])
+                other = fd_gradient(objective, opt)
+                objective.set_batch(xb, yb)
         try:
             loss = float(opt.step(objective))
         except FloatingPointError:
@@ -107,6 +116,8 @@ def train_and_measure(model, batches, s: dict, budget: int, every: int) -> dict:
         if measure:
             err = float((buffer(opt) - g).norm())
             rows.append({"step": t, "error": err, "fd_norm": float(g.norm()), "loss": loss})
+            if noise:
+                rows[-1]["batch_noise"] = float((other - g).norm())
     return {
         "budget": budget,
         "status": status,
@@ -132,6 +143,9 @@ def summarise(run: dict, n: int) -> dict:
         "mean_error_after_first_cycle": mean("error", late),
         "mean_fd_norm": mean("fd_norm", rows),
         "mean_relative_error": sum(rel) / len(rel) if rel else None,
+        "mean_batch_noise": mean("batch_noise", rows)
+        if rows and "batch_noise" in rows[0]
+        else None,
         "measured_steps": len(rows),
         "measured_after_first_cycle": len(late),
     }
@@ -164,8 +178,9 @@ def markdown(result: dict) -> str:
         f"{result['commit']}.",
         "",
         "| B | B / n | steps per cycle | status | mean error | median error "
-        "| mean error after cycle 1 | mean grad_eps norm | mean relative error | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mean error after cycle 1 | mean grad_eps norm | mean relative error "
+        "| mean batch noise | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         sm = r["summary"]
@@ -173,7 +188,8 @@ def markdown(result: dict) -> str:
             f"| {r['budget']} | {100 * r['budget'] / s['parameters']:.1f}% "
             f"| {sm['steps_per_cycle']} | {r['status']} | {f(sm['mean_error'])} "
             f"| {f(sm['median_error'])} | {f(sm['mean_error_after_first_cycle'])} "
-            f"| {f(sm['mean_fd_norm'])} | {f(sm['mean_relative_error'], 3)} | {r['seconds']:.0f} |"
+            f"| {f(sm['mean_fd_norm'])} | {f(sm['mean_relative_error'], 3)} "
+            f"| {f(sm.get('mean_batch_noise'))} | {r['seconds']:.0f} |"
         )
     lines.append("")
     slope = (PAPER_ENDS[2048] - PAPER_ENDS[16]) / 7
@@ -202,11 +218,13 @@ def plot(result: dict, path: str) -> str:
         ("mean_error", "mean, all measured steps", "o"),
         ("median_error", "median, all measured steps", "^"),
         ("mean_error_after_first_cycle", "mean after the first cycle", "s"),
+        ("mean_batch_noise", "mini-batch noise (mean)", "x"),
     ):
-        pts = [(b, r["summary"][key]) for b, r in zip(budgets, runs, strict=True)]
+        pts = [(b, r["summary"].get(key)) for b, r in zip(budgets, runs, strict=True)]
         pts = [(b, v) for b, v in pts if v is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker=marker, label=f"CoCD, {label}")
+            name = label if key == "mean_batch_noise" else f"CoCD, {label}"
+            ax.plot(*zip(*pts, strict=True), marker=marker, label=name)
             values += [v for _, v in pts]
     ends = sorted(PAPER_ENDS.items())
     ax.plot(*zip(*ends, strict=True), "k--", lw=1, label="paper (read off its figure)")
@@ -257,6 +275,11 @@ def main(argv=None) -> dict:
     p.add_argument("--every", type=int, default=11, help="measure every K steps")
     p.add_argument("--hidden", type=int, default=32, help="MLP width (32: 4,103 parameters)")
     p.add_argument("--lr", type=float, default=None, help="default: the preset's (1e-3)")
+    p.add_argument(
+        "--noise",
+        action="store_true",
+        help="also measure the mini-batch noise at x_t (one more full gradient per measurement)",
+    )
     p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
     p.add_argument("--data", default=None, help="data folder (as benchmarks.paper)")
     p.add_argument("--out", default=OUT, help="JSON path (.md and .png beside it)")
@@ -303,6 +326,7 @@ def main(argv=None) -> dict:
         every=args.every,
         steps_per_epoch=per_epoch,
         budgets=budgets,
+        noise=args.noise,
     )
     print(
         f"{ds.describe()}\n{s['model']}: {n:,} parameters; lr {s['lr']:g}, momentum "
@@ -327,7 +351,7 @@ def main(argv=None) -> dict:
     for budget in budgets:
         model = models.sarcos_mlp(hidden=args.hidden)
         model.load_state_dict(init.state_dict())
-        run = train_and_measure(model, batches, s, min(budget, n), args.every)
+        run = train_and_measure(model, batches, s, min(budget, n), args.every, args.noise)
         run["budget"] = budget
         run["summary"] = summarise(run, n)
         result["runs"].append(run)

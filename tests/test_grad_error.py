@@ -156,6 +156,22 @@ def test_error_after_two_steps_counts_stale_and_missing_estimates():
     assert expected[1] != pytest.approx(float(g1[B:].norm()), rel=1e-3)  # the stale part counts
 
 
+def test_batch_noise_compares_two_batches_at_the_same_point():
+    """The noise at step 1 is ||grad_eps f_0(x_0) - grad_eps f_1(x_0)||; the step's own
+    error (B = n) stays 0: measuring the noise leaves the step's batch in place."""
+    model, data_, s = tiny_mlp(), batches(2), settings()
+    n = sum(p.numel() for p in model.parameters())
+    start = copy.deepcopy(model)
+    run = grad_error.train_and_measure(model, data_, s, n, every=1, noise=True)
+    first = run["measurements"][0]
+    expected = fd_at(start, data_[0], s["eps"]) - fd_at(start, data_[1], s["eps"])
+    assert first["batch_noise"] == pytest.approx(float(expected.norm()), rel=1e-9)
+    assert first["batch_noise"] > 0.1 and first["error"] <= 1e-12 * first["fd_norm"]
+    assert grad_error.summarise(run, n)["mean_batch_noise"] == pytest.approx(
+        sum(r["batch_noise"] for r in run["measurements"]) / 2
+    )
+
+
 def test_log_fit_of_an_exact_line():
     fit = grad_error.log_fit([16, 64, 256], [10.0, 8.0, 6.0])  # -2 per two doublings
     assert fit["slope_per_doubling"] == pytest.approx(-1.0)
