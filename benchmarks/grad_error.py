@@ -51,6 +51,7 @@ BUDGETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 OUT = os.path.join(paper.REPRODUCTION, "grad-error-cpu.json")
 # Read off the paper's Figure 5 by eye (PAPER.md): linear in log B between these.
 PAPER_ENDS = {16: 14.0, 2048: 6.0}
+EARLY = 110  # the first two epochs: at the paper's settings, before any B's run blows up
 
 
 @torch.no_grad()
@@ -126,11 +127,13 @@ def train_and_measure(
     }
 
 
-def summarise(run: dict, n: int) -> dict:
-    """Mean error over all measured steps and over those after the first cycle (t > n/B)."""
+def summarise(run: dict, n: int, early: int = EARLY) -> dict:
+    """Mean error over all measured steps, over those after the first cycle (t > n/B),
+    and over the first ``early`` steps."""
     rows = run["measurements"]
     cycle = math.ceil(n / run["budget"])
     late = [r for r in rows if r["step"] > cycle]
+    first = [r for r in rows if r["step"] <= early]
 
     def mean(key, rs):
         return sum(r[key] for r in rs) / len(rs) if rs else None
@@ -141,6 +144,7 @@ def summarise(run: dict, n: int) -> dict:
         "mean_error": mean("error", rows),
         "median_error": statistics.median(r["error"] for r in rows) if rows else None,
         "mean_error_after_first_cycle": mean("error", late),
+        "mean_error_early": mean("error", first),
         "mean_fd_norm": mean("fd_norm", rows),
         "mean_relative_error": sum(rel) / len(rel) if rel else None,
         "mean_batch_noise": mean("batch_noise", rows)
@@ -178,9 +182,9 @@ def markdown(result: dict) -> str:
         f"{result['commit']}.",
         "",
         "| B | B / n | steps per cycle | status | mean error | median error "
-        "| mean error after cycle 1 | mean grad_eps norm | mean relative error "
-        "| mean batch noise | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| mean error after cycle 1 | mean error, steps 1-{s['early']} | mean grad_eps norm "
+        "| mean relative error | mean batch noise | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         sm = r["summary"]
@@ -188,6 +192,7 @@ def markdown(result: dict) -> str:
             f"| {r['budget']} | {100 * r['budget'] / s['parameters']:.1f}% "
             f"| {sm['steps_per_cycle']} | {r['status']} | {f(sm['mean_error'])} "
             f"| {f(sm['median_error'])} | {f(sm['mean_error_after_first_cycle'])} "
+            f"| {f(sm['mean_error_early'])} "
             f"| {f(sm['mean_fd_norm'])} | {f(sm['mean_relative_error'], 3)} "
             f"| {f(sm.get('mean_batch_noise'))} | {r['seconds']:.0f} |"
         )
@@ -218,6 +223,7 @@ def plot(result: dict, path: str) -> str:
         ("mean_error", "mean, all measured steps", "o"),
         ("median_error", "median, all measured steps", "^"),
         ("mean_error_after_first_cycle", "mean after the first cycle", "s"),
+        ("mean_error_early", f"mean, steps 1-{s['early']}", "v"),
         ("mean_batch_noise", "mini-batch noise (mean)", "x"),
     ):
         pts = [(b, r["summary"].get(key)) for b, r in zip(budgets, runs, strict=True)]
@@ -280,6 +286,7 @@ def main(argv=None) -> dict:
         action="store_true",
         help="also measure the mini-batch noise at x_t (one more full gradient per measurement)",
     )
+    p.add_argument("--early", type=int, default=EARLY, help="also average over steps 1..N")
     p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
     p.add_argument("--data", default=None, help="data folder (as benchmarks.paper)")
     p.add_argument("--out", default=OUT, help="JSON path (.md and .png beside it)")
@@ -327,6 +334,7 @@ def main(argv=None) -> dict:
         steps_per_epoch=per_epoch,
         budgets=budgets,
         noise=args.noise,
+        early=args.early,
     )
     print(
         f"{ds.describe()}\n{s['model']}: {n:,} parameters; lr {s['lr']:g}, momentum "
@@ -353,7 +361,7 @@ def main(argv=None) -> dict:
         model.load_state_dict(init.state_dict())
         run = train_and_measure(model, batches, s, min(budget, n), args.every, args.noise)
         run["budget"] = budget
-        run["summary"] = summarise(run, n)
+        run["summary"] = summarise(run, n, args.early)
         result["runs"].append(run)
         sm = run["summary"]
         print(
@@ -369,10 +377,11 @@ def main(argv=None) -> dict:
 def finish(result: dict, stem: str) -> dict:
     """Summaries, line fits, the markdown table and the plot of a finished result."""
     n = result["settings"]["parameters"]
+    early = result["settings"].setdefault("early", EARLY)
     for run in result["runs"]:
-        run["summary"] = summarise(run, n)
+        run["summary"] = summarise(run, n, early)
     result["fits"] = {}
-    for key in ("mean_error", "median_error", "mean_error_after_first_cycle"):
+    for key in ("mean_error", "median_error", "mean_error_after_first_cycle", "mean_error_early"):
         pts = [(r["budget"], r["summary"][key]) for r in result["runs"]]
         pts = [(b, v) for b, v in pts if v is not None]
         if len(pts) >= 2:

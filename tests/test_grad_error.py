@@ -191,6 +191,7 @@ def test_summary_separates_the_first_cycle():
     assert sm["steps_per_cycle"] == 3
     assert sm["mean_error"] == 5.0 and sm["mean_error_after_first_cycle"] == 1.0
     assert sm["mean_relative_error"] == 2.5
+    assert grad_error.summarise(run, n=250, early=2)["mean_error_early"] == 8.0
 
 
 @pytest.mark.skipif(not HAVE_SARCOS, reason="the shared data folder (../shared/data) is absent")
