@@ -5,7 +5,8 @@
 
 Runs ``python -m benchmarks.paper --preset P --seed S --out DIR/seed<S>`` for each seed
 (a seed sets the initial weights, the batch order and the random peers' directions; the
-data split is fixed), continuing a seed's run from its checkpoints where one exists.
+data split is fixed), continuing a seed's run from its checkpoints where one exists;
+``--table`` only summarises the runs already there.
 Then writes ``DIR/<preset>-seeds-<device>.json`` and ``.md``: per optimizer, each seed's
 final and best metric and status, and the mean, sample standard deviation, minimum and
 maximum over the seeds whose run finished.
@@ -14,6 +15,7 @@ maximum over the seeds whose run finished.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -99,6 +101,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated (default: 0,1,2)")
     p.add_argument("--out", default=None, help="default: benchmarks/results/reproduction/seeds")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--table", action="store_true", help="summarise the runs in --out, run none")
     args = p.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -110,6 +113,13 @@ def main(argv=None) -> dict:
     results = {}
     for seed in seeds:
         folder = os.path.join(out, f"seed{seed}")
+        path = os.path.join(folder, f"{args.preset}-{args.device}.json")
+        if args.table:
+            if not os.path.exists(path):
+                raise SystemExit(f"--table: no run for seed {seed} ({path}); run without --table")
+            with open(path) as fh:
+                results[seed] = json.load(fh)
+            continue
         cmd = [
             "--preset",
             args.preset,
@@ -122,7 +132,7 @@ def main(argv=None) -> dict:
             "--no-progress",
             *extra,
         ]
-        if os.path.exists(os.path.join(folder, f"{args.preset}-{args.device}.json")):
+        if os.path.exists(path):
             cmd.append("--resume")  # finished runs are kept, interrupted ones continue
         print(f"seed {seed}: python -m benchmarks.paper {' '.join(cmd)}", flush=True)
         results[seed] = paper.main(cmd)
@@ -136,8 +146,12 @@ def main(argv=None) -> dict:
         "device_name": first["device_name"],
         "torch": torch.__version__,
         "commit": paper.git_commit(),
+        "run_commits": {str(seed): r["commit"] for seed, r in results.items()},
         "settings": {k: v for k, v in first["settings"].items() if k != "seed"},
-        "runs": {str(seed): r["paths"]["json"] for seed, r in results.items()},
+        "runs": {  # relative to this file's folder
+            str(seed): os.path.join(f"seed{seed}", f"{args.preset}-{args.device}.json")
+            for seed in seeds
+        },
         "summary": summary,
     }
     paper.write_json(record, stem)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 
 import pytest
 import torch
@@ -56,7 +55,7 @@ def test_two_seeds_of_the_sarcos_preset(tmp_path):
                          *extra])  # fmt: skip
     saved = json.loads((tmp_path / "paper-sarcos-seeds-cpu.json").read_text())
     assert saved["seeds"] == [0, 1] and set(saved["summary"]) == {"cocd", "sgd"}
-    runs = {s: json.loads(pathlib.Path(p).read_text()) for s, p in saved["runs"].items()}
+    runs = {s: json.loads((tmp_path / p).read_text()) for s, p in saved["runs"].items()}
     assert [runs[s]["settings"]["seed"] for s in ("0", "1")] == [0, 1]
     for name in ("cocd", "sgd"):
         finals = [next(r for r in runs[s]["runs"] if r["optimizer"] == name)["final"]
@@ -68,3 +67,8 @@ def test_two_seeds_of_the_sarcos_preset(tmp_path):
                         *extra])  # fmt: skip
     # finished runs are continued (benchmarks.paper refuses to overwrite without --resume)
     assert again["summary"] == record["summary"]
+    table = seeds.main(["--preset", "paper-sarcos", "--seeds", "0,1", "--out", str(tmp_path),
+                        "--table"])  # fmt: skip
+    assert table["summary"] == record["summary"]
+    with pytest.raises(SystemExit, match="no run for seed 2"):
+        seeds.main(["--preset", "paper-sarcos", "--seeds", "2", "--out", str(tmp_path), "--table"])
