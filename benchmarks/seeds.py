@@ -89,7 +89,6 @@ def markdown(summary: dict, preset: str) -> str:
 
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m benchmarks.seeds " + " ".join(argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(
@@ -109,7 +108,12 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise SystemExit(f"--seeds must list distinct integers, got {args.seeds!r}")
-    out = args.out or os.path.join(paper.REPRODUCTION, "seeds")
+    # relative to the working directory: the runs' records name no absolute path
+    out = args.out or os.path.relpath(os.path.join(paper.REPRODUCTION, "seeds"))
+    command = f"python -m benchmarks.seeds --preset {args.preset} --seeds {args.seeds}"
+    command += "".join(f" --{k} {v}" for k, v in (("out", args.out), ("device", args.device))
+                       if v is not None and v != "cpu")  # fmt: skip
+    command += (" -- " + " ".join(extra)) if extra else ""
     results = {}
     for seed in seeds:
         folder = os.path.join(out, f"seed{seed}")
