@@ -2,7 +2,8 @@
 gradient during training, against the block size B.
 
     python -m benchmarks.grad_error [--budgets 16,32,64,128,256,512,1024,2048]
-        [--steps 550] [--every 11] [--hidden 32] [--seed 0] [--out FILE.json] [--overwrite]
+        [--steps 550] [--every 11] [--hidden 32] [--lr LR] [--seed 0] [--noise]
+        [--early 110] [--out FILE.json] [--overwrite | --replot]
 
 The paper (Appendix B) trains an about-4k-parameter SARCOS net and plots the average of
 ``||g_hat_t - grad_eps f(x_t)||`` against B. Here, for each B, CoCD trains the
@@ -18,12 +19,16 @@ step's mini-batch:
   x_t (fresh estimates at x_t for the step's B coordinates, older ones elsewhere).
 
 Every B sees the same initial weights and mini-batches. The error is averaged over all
-measured steps, and again over the steps after the first full cycle through the
-coordinates (t > n / B), when no buffer entry is still at its initial 0.
+measured steps (mean and median), over the steps after the first full cycle through the
+coordinates (t > n / B, when no buffer entry is still at its initial 0) and over the
+first ``--early`` steps. ``--noise`` also measures, at each measured x_t, the distance
+between the finite-difference gradients of two consecutive mini-batches: the error a
+buffer exact at x_t but filled from other batches would have.
 
 Writes the JSON (settings, per-B errors per measured step, machine, torch version,
-commit), a markdown table and a PNG (mean error against B, log-x axis, as the paper's
-figure); prints the table.
+commit), a markdown table and a PNG (left: the averages against B on a log-x axis, as
+the paper's figure; right: the error at every measured step); prints the table.
+``--replot`` redoes the table and the PNG from an existing JSON.
 """
 
 from __future__ import annotations
