@@ -218,6 +218,7 @@ def load_mnist(data: str | None = None, check: bool = True) -> Dataset:
     def labels(name):
         return torch.from_numpy(read_idx(paths[name]).astype(np.int64))
 
+    folder = os.path.relpath(os.path.dirname(paths["t10k-labels-idx1-ubyte.gz"]))
     return Dataset(
         "mnist",
         "classification",
@@ -226,8 +227,7 @@ def load_mnist(data: str | None = None, check: bool = True) -> Dataset:
         images("t10k-images-idx3-ubyte.gz"),
         labels("t10k-labels-idx1-ubyte.gz"),
         10,
-        f"MNIST IDX files in {os.path.dirname(paths['t10k-labels-idx1-ubyte.gz'])} "
-        "(official 60,000/10,000 split)",
+        f"MNIST IDX files in {folder} (official 60,000/10,000 split)",
     )
 
 
@@ -447,7 +447,8 @@ def load_cifar10(data: str | None = None, check: bool = True) -> Dataset:
             images(x_te),
             torch.from_numpy(y_te),
             10,
-            f"CIFAR-10 JPEG copy (quality 75) {archive} ({len(x_tr)} train / {len(x_te)} test)",
+            f"CIFAR-10 JPEG copy (quality 75) {os.path.relpath(archive)} "
+            f"({len(x_tr)} train / {len(x_te)} test)",
         )
     folder = os.path.dirname(first)
     missing = [n for n in CIFAR_TRAIN if not os.path.isfile(os.path.join(folder, n))]

@@ -761,7 +761,7 @@ def main(argv=None) -> dict:
         "command": "python -m benchmarks.paper " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": s,
         "runs": [],
-        "checkpoints": ckpt_dir,
+        "checkpoints": os.path.relpath(ckpt_dir),
     }
     os.makedirs(args.out, exist_ok=True)
     runs = result["runs"]
