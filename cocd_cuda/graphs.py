@@ -35,10 +35,11 @@ class GraphedStep:
     2B) points of every tensor in its set as one vectorised batch, with the block's
     coordinates read on the device. The graphs share one memory pool.
 
-    Everything is recaptured, before the step runs, when a param group's
-    hyperparameters change, when a parameter's storage moves, or when a
-    ``ModelObjective`` is given a new batch by ``set_batch``; ``captures`` counts the
-    captures. Each call returns the step's loss estimate as a fresh 0-dim tensor.
+    The graphs read the param groups' hyperparameters from a device tensor, written
+    before each replay, so an LR scheduler (or any change to ``param_groups``) needs no
+    recapture. Everything is recaptured, before the step runs, when a parameter's
+    storage moves, or when a ``ModelObjective`` is given a new batch by ``set_batch``;
+    ``captures`` counts the captures. Each call returns the step's loss estimate as a fresh 0-dim tensor.
     Optimizer step hooks do not run for graphed steps.
 
     On CPU the same step runs without a graph, so code written for both works on both.
@@ -119,10 +120,13 @@ class GraphedStep:
         return engine.step(self._point, hyper)
 
     def _refresh(self, hyper) -> None:
-        """Drop every graph if what they were captured for changed."""
-        table = self._optimizer._engine._param_table()  # rebuilt here, never in a capture
+        """Write the hyperparameters the graphs read; drop every graph if what they were
+        captured for changed."""
+        engine = self._optimizer._engine
+        table = engine._param_table()  # rebuilt here, never in a capture
+        engine.set_hyper(hyper)  # on the device, read by the replay: no recapture
         closure = self._closure
-        key = (hyper, table, getattr(closure, "inputs", None), getattr(closure, "targets", None))
+        key = (table, getattr(closure, "inputs", None), getattr(closure, "targets", None))
         if not _same(key, self._captured_for):
             self._graphs.clear()  # release the old graphs' memory first
             self._pool = torch.cuda.graph_pool_handle()
@@ -194,7 +198,7 @@ class GraphedStep:
                     value = self._closure()
                     if touched:
                         try:
-                            engine._masked_block_losses(self._closure, touched, hyper)
+                            engine._masked_block_losses(self._closure, touched)
                         except RuntimeError as exc:
                             if _SYNC in str(exc):
                                 raise
@@ -233,7 +237,5 @@ class GraphedStep:
 
 
 def _same(a: tuple, b: tuple | None) -> bool:
-    """Equal hyperparameters and the very same tensors (identity, not values)."""
-    if b is None or a[0] != b[0]:
-        return False
-    return all(x is y for x, y in zip(a[1:], b[1:], strict=True))
+    """The very same tensors (identity, not values)."""
+    return b is not None and all(x is y for x, y in zip(a, b, strict=True))
