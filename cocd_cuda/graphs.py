@@ -39,8 +39,8 @@ class GraphedStep:
     before each replay, so an LR scheduler (or any change to ``param_groups``) needs no
     recapture. Everything is recaptured, before the step runs, when a parameter's
     storage moves, or when a ``ModelObjective`` is given a new batch by ``set_batch``;
-    ``captures`` counts the captures. Each call returns the step's loss estimate as a fresh 0-dim tensor.
-    Optimizer step hooks do not run for graphed steps.
+    ``captures`` counts the captures. Each call returns the step's loss estimate as a
+    fresh 0-dim tensor. Optimizer step hooks do not run for graphed steps.
 
     On CPU the same step runs without a graph, so code written for both works on both.
     """

@@ -44,8 +44,9 @@ def _register_fakes() -> None:
     def rows(t, width, dtype, what):
         torch._check(
             t.dim() == 2 and t.shape[1] == width and t.dtype == dtype,
-            lambda: f"{what} must be a {dtype} [rows, {width}] tensor, got {t.dtype} "
-            f"{tuple(t.shape)}",
+            lambda: (
+                f"{what} must be a {dtype} [rows, {width}] tensor, got {t.dtype} {tuple(t.shape)}"
+            ),
         )
 
     def acc(t, what):

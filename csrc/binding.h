@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
+#include <c10/util/SmallVector.h>
 
 #include "kernels/cocd_kernels.h"
 #include "kernels/dtype.h"
@@ -88,27 +89,36 @@ inline const HyperRow* hyper_of(const at::Tensor& hyper, const at::Tensor& ref) 
   return reinterpret_cast<const HyperRow*>(hyper.const_data_ptr<double>());
 }
 
-// CPU only (the table is host memory there): every row's group has a row in `hyper`,
-// and, given the parameters, each row describes its parameter where it is now.
-inline void check_table_cpu(const at::Tensor& table, const at::Tensor& hyper,
-                            at::TensorList params = {}) {
+// CPU only (the table is host memory there): every row's group has a row in `hyper`.
+inline void check_groups_cpu(const at::Tensor& table, const at::Tensor& hyper) {
   const ParamRef* rows = table_of(table);
-  const int64_t P = table.size(0), G = hyper.size(0);
-  const bool with_params = !params.empty();
+  for (int64_t p = 0; p < table.size(0); ++p) {
+    const int64_t group = param_group(rows[p]);
+    TORCH_CHECK_VALUE(group >= 0 && group < hyper.size(0), "parameter table row ", p,
+                      " names param group ", group, ", but the hyperparameters have ",
+                      hyper.size(0), " rows");
+  }
+}
+
+// CPU only: the table's rows with each parameter's address taken from `params`, the
+// tensors the op declares it writes, after checking that the rows describe them.
+inline c10::SmallVector<ParamRef, 16> rows_for(at::TensorList params, const at::Tensor& table,
+                                               const at::Tensor& hyper) {
+  check_groups_cpu(table, hyper);
+  const ParamRef* rows = table_of(table);
+  c10::SmallVector<ParamRef, 16> out(rows, rows + table.size(0));
   int64_t start = 0;
-  for (int64_t p = 0; p < P; ++p) {
-    const ParamRef& r = rows[p];
-    const int64_t group = param_group(r);
-    TORCH_CHECK_VALUE(group >= 0 && group < G, "parameter table row ", p, " names param group ",
-                      group, ", but the hyperparameters have ", G, " rows");
-    if (!with_params) continue;
+  for (size_t p = 0; p < params.size(); ++p) {
     const at::Tensor& x = params[p];
-    TORCH_CHECK_VALUE(r.ptr == reinterpret_cast<int64_t>(x.data_ptr()) && r.numel == x.numel() &&
-                          r.start == start && param_dtype(r) == dtype_of(x, "a parameter"),
-                      "parameter table row ", p, " does not describe parameter ", p,
-                      " as it is now; rebuild the table");
+    ParamRef& r = out[p];
+    TORCH_CHECK_VALUE(
+        r.numel == x.numel() && r.start == start && param_dtype(r) == dtype_of(x, "a parameter"),
+        "parameter table row ", p, " does not describe parameter ", p,
+        " (its size, dtype or first coordinate differ); rebuild the table");
+    r.ptr = reinterpret_cast<int64_t>(x.data_ptr());
     start += r.numel;
   }
+  return out;
 }
 
 // The loss tensor a closure returned, checked like the Python path checks it.

@@ -4,10 +4,12 @@
 // PyInit__C below), so every op is visible to torch.compile and opcheck. The CUDA
 // implementations live in ops_cuda.cpp and only add to this library.
 //
-// Every tensor an op writes is declared mutable in its schema. The parameters are
-// addressed through a table of raw pointers (ParamRef rows), so the per-evaluation op
-// advance_ does not convert them to kernel arguments; it still takes them, as a mutable
-// list, so that its writes are visible to torch (schemas, version counters).
+// Every tensor an op writes is declared mutable in its schema. The kernels address the
+// parameters through a table of raw pointers (ParamRef rows): on CUDA it is device
+// memory, built by the engine whenever a parameter's storage moves. The per-evaluation
+// op advance_ writes through it without converting the parameters to kernel arguments;
+// it still takes them, as a mutable list, so that its writes are visible to torch
+// (schemas, version counters). The CPU update ops write the tensors they are given.
 #include <Python.h>
 
 #include <cstddef>
@@ -17,6 +19,7 @@
 
 #include "binding.h"
 #include "kernels/cocd_kernels.h"
+#include "kernels/slot_ops.h"
 
 extern "C" {
 // An empty module: importing cocd_cuda._C only loads this library, whose static
@@ -54,12 +57,20 @@ void plan_cpu(at::Tensor& slots, const at::Tensor& table, const at::Tensor& hype
               const at::Tensor& counters, int64_t n, bool central) {
   check_on(table, slots, "the parameter table");
   const HyperRow* h = binding::hyper_of(hyper, slots);
-  binding::check_table_cpu(table, hyper);
+  binding::check_groups_cpu(table, hyper);
   binding::counters_of(counters, slots);
   const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
   cpu::plan(binding::slots_of(slots), slots.size(0), binding::table_of(table), table.size(0), c, n,
             h, central);
+  bump(slots);
 }
+
+// The parameters' addresses from the tensors advance_ was given (the table's rows give
+// their dtypes), so that it writes exactly what its schema declares.
+struct TensorBases {
+  at::TensorList params;
+  void* operator()(int64_t p) const { return params[p].data_ptr(); }
+};
 
 void advance_cpu(at::Tensor& losses, at::TensorList params, const at::Tensor& slots,
                  const at::Tensor& table, const std::optional<at::Tensor>& loss, int64_t src,
@@ -72,7 +83,7 @@ void advance_cpu(at::Tensor& losses, at::TensorList params, const at::Tensor& sl
   if (loss.has_value()) value = binding::checked_loss(*loss, losses);
   const Slot* s = binding::slots_of(slots);
   const int64_t n_eval = losses.numel();
-  cpu::advance(losses.data_ptr<double>(), n_eval, s, binding::table_of(table),
+  advance_eval(losses.data_ptr<double>(), n_eval, s, binding::table_of(table), TensorBases{params},
                value.defined() ? value.const_data_ptr() : nullptr,
                value.defined() ? binding::dtype_of(value, "the loss") : kDouble, src, dst, central);
   // The parameters whose elements were written: those of the two evaluations' slots.
@@ -80,6 +91,7 @@ void advance_cpu(at::Tensor& losses, at::TensorList params, const at::Tensor& sl
     const int64_t j = eval_slot(k, n_eval, central);
     if (j >= 0) bump(params[s[j].param]);
   }
+  bump(losses);
 }
 
 void finite_difference_cpu(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
@@ -97,6 +109,9 @@ void finite_difference_cpu(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
                                   bad.data_ptr<int32_t>(), losses.data_ptr<double>(), s, B, central,
                                   zero_nonfinite);
   }
+  bump(g);
+  bump(loss_out);
+  bump(bad);
 }
 
 void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
@@ -104,10 +119,10 @@ void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tenso
                       int64_t n) {
   binding::check_dense_update(params, buffer, g, table, n);
   const HyperRow* h = binding::hyper_of(hyper, buffer);
-  binding::check_table_cpu(table, hyper, params);
+  const auto rows = binding::rows_for(params, table, hyper);
   binding::counters_of(counters, buffer);
   const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
-  const ParamRef* t = binding::table_of(table);
+  const ParamRef* t = rows.data();
   const int64_t P = table.size(0);
   if (buffer.scalar_type() == at::kDouble) {
     cpu::dense_update<double>(t, P, buffer.data_ptr<double>(), g.data_ptr<double>(), c, n,
@@ -126,11 +141,11 @@ void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals
   const int64_t m = vals.numel();
   binding::check_fifo_update(params, coords, vals, g, table);
   const HyperRow* h = binding::hyper_of(hyper, vals);
-  binding::check_table_cpu(table, hyper, params);
+  const auto rows = binding::rows_for(params, table, hyper);
   binding::counters_of(counters, vals);
   const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
   const int64_t head = binding::host_counter(counters, 1, m, "the ring head");
-  const ParamRef* t = binding::table_of(table);
+  const ParamRef* t = rows.data();
   if (vals.scalar_type() == at::kDouble) {
     cpu::fifo_update<double, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
                                       g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n,

@@ -25,6 +25,7 @@ void plan_cuda(at::Tensor& slots, const at::Tensor& table, const at::Tensor& hyp
   const c10::cuda::CUDAGuard guard(slots.device());
   C10_CUDA_CHECK(cuda::plan(binding::slots_of(slots), slots.size(0), binding::table_of(table),
                             table.size(0), k, n, h, central, current_stream()));
+  bump(slots);
 }
 
 // Which parameter a slot's coordinate lies in is known only on the device, so every
@@ -45,6 +46,7 @@ void advance_cuda(at::Tensor& losses, at::TensorList params, const at::Tensor& s
                                value.defined() ? binding::dtype_of(value, "the loss") : kDouble,
                                src, dst, central, current_stream()));
   for (const auto& p : params) bump(p);
+  bump(losses);
 }
 
 void finite_difference_cuda(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
@@ -63,6 +65,9 @@ void finite_difference_cuda(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad
         g.data_ptr<float>(), loss_out.data_ptr<float>(), bad.data_ptr<int32_t>(),
         losses.data_ptr<double>(), s, B, central, zero_nonfinite, current_stream()));
   }
+  bump(g);
+  bump(loss_out);
+  bump(bad);
 }
 
 // One multi-tensor launch over every parameter (and param group).

@@ -106,11 +106,19 @@ COCD_HD void plan_slot(Slot* slots, int64_t j, const ParamRef* table, int64_t P,
   slots[j] = s;
 }
 
+// Where parameter p's elements are: by default its table row's address; the CPU torch
+// op passes the tensors it was given instead (the ones its schema says it writes).
+struct TableBases {
+  const ParamRef* table;
+  COCD_HD void* operator()(int64_t p) const { return reinterpret_cast<void*>(table[p].ptr); }
+};
+
 // Finish evaluation `from` (store its loss, restore its coordinate unless `to` perturbs
 // the same one) and start evaluation `to`.
+template <typename Bases>
 COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
-                          const void* loss, DType loss_dtype, int64_t from, int64_t to,
-                          bool central) {
+                          const Bases& base, const void* loss, DType loss_dtype, int64_t from,
+                          int64_t to, bool central) {
   if (loss != nullptr && from >= 0 && from < n_eval) {
     losses[from] = load_as<double>(loss, loss_dtype, 0);
   }
@@ -118,15 +126,19 @@ COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, con
   const int64_t s_to = eval_slot(to, n_eval, central);
   if (s_from >= 0 && s_from != s_to) {
     const Slot s = slots[s_from];
-    const ParamRef r = table[s.param];
-    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, s.saved);
+    write_bits(base(s.param), param_dtype(table[s.param]), s.offset, s.saved);
   }
   if (s_to >= 0) {
     const Slot s = slots[s_to];
-    const ParamRef r = table[s.param];
     const bool minus = central && (to % 2 == 1);
-    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, minus ? s.minus : s.plus);
+    write_bits(base(s.param), param_dtype(table[s.param]), s.offset, minus ? s.minus : s.plus);
   }
+}
+COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
+                          const void* loss, DType loss_dtype, int64_t from, int64_t to,
+                          bool central) {
+  advance_eval(losses, n_eval, slots, table, TableBases{table}, loss, loss_dtype, from, to,
+               central);
 }
 
 // Ring slot s of a FIFO step: decay (or take the fresh estimate), then descend its
