@@ -94,7 +94,8 @@ class NativeEngine(ReferenceEngine):
         # cost. Tests switch this off to check the two paths against each other.
         self.host_evaluation = True
         # The groups' hyperparameters as the ops read them, and the values written there.
-        self._hyper = torch.zeros((len(layout.group_bounds), 4), dtype=torch.float64, device=dev)
+        rows = (len(layout.group_bounds), _ops.HYPER_ROW)
+        self._hyper = torch.zeros(rows, dtype=torch.float64, device=dev)
         self._hyper_values: list | None = None
 
     def set_hyper(self, hyper) -> None:

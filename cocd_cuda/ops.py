@@ -136,6 +136,7 @@ if ABI is not None:
     # Each row's fields in their ABI order, and the widths of the three row kinds.
     PARAM_ORDER = sorted(PARAM_FIELDS, key=lambda f: ABI[f"param_row.{f}"])
     HYPER_ORDER = sorted(HYPER_FIELDS, key=lambda f: ABI[f"hyper_row.{f}"])
+    HYPER_ROW = ABI["hyper_row"]
     EPS_COLUMN = ABI["hyper_row.eps"]
     SLOT_ROW = ABI["slot_row"]
     SUM_LANES = ABI["sum_lanes"]

@@ -14,11 +14,12 @@ from .objective import Block
 from .validation import GroupHyper, check_unchanged
 
 
-def perturbed(value: torch.Tensor, delta: float) -> torch.Tensor:
+def perturbed(value: torch.Tensor, delta: float | torch.Tensor) -> torch.Tensor:
     """``round(value + delta)`` in the parameter's dtype.
 
     The sum is formed in float64 and rounded to float32 before the parameter's dtype,
-    which is the order the native kernels use too.
+    which is the order the native kernels use too. ``delta`` may be a float64 tensor
+    (e.g. a 0-dim one on the device): the same rounding, with no host read.
     """
     if value.dtype == torch.float64:
         return value + delta
