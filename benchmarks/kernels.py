@@ -37,6 +37,8 @@ def dense_pass(n: int, device: str, rounds: int) -> dict:
     ops = torch.ops.cocd_cuda
     counters = torch.tensor([7, 0, 0], device=device)  # block pointer c = 7
     hyper = [GroupHyper(lr=1e-6, weight_decay=0.0, eps=0.1, momentum=0.9)]
+    hyper_t = cocd_cuda.ops.hyper_table(hyper, device)
+    table = cocd_cuda.CoCD([x], compute_budget=64, backend="native")._engine.param_table()
     ref = cocd_cuda.CoCD([x.clone()], compute_budget=64, momentum=0.9, backend="reference")
     ref_g = g.clone()
     sgd_p = x.clone().requires_grad_()
@@ -50,9 +52,7 @@ def dense_pass(n: int, device: str, rounds: int) -> dict:
 
     cands = {
         "floor (2 copies)": floor,
-        "native dense_update_": lambda: ops.dense_update_(
-            [x], v, g, 0, counters, n, 1e-6, 0.0, 0.9
-        ),
+        "native dense_update_": lambda: ops.dense_update_([x], v, g, table, hyper_t, counters, n),
         "reference decay+descend": lambda: ref._engine._commit(ref._state, ref_g, hyper),
         "torch SGD momentum": sgd.step,
     }
@@ -96,40 +96,31 @@ def per_op(device: str, rounds: int, n: int = 1_000_000, B: int = 64, m: int = 4
     dense, fifo = dense_opt._engine, fifo_opt._engine
     table, ftable = dense.param_table(), fifo.param_table()
     counters = torch.tensor([5, 0, 0], device=device)  # c = 5, head = 0
-    ops.plan_(dense._slots, table, counters, n, [0.1], True)
+    hyper = cocd_cuda.ops.hyper_table(
+        [GroupHyper(lr=1e-9, weight_decay=0.0, eps=0.1, momentum=0.9)], device
+    )
+    ops.plan_(dense._slots, table, hyper, counters, n, True)
     loss = torch.ones((), device=device)
     out_loss = torch.empty((), device=device)
-    idx = torch.arange(B, device=device)
-    delta = torch.full((B,), 0.1, dtype=torch.float64, device=device)
-    small = torch.randn(4096, device=device)
     cands = {
-        "plan_": lambda: ops.plan_(dense._slots, table, counters, n, [0.1], True),
+        "plan_": lambda: ops.plan_(dense._slots, table, hyper, counters, n, True),
         "advance_ (one evaluation)": lambda: ops.advance_(
-            dense._losses, dense._slots, table, loss, 0, 1, True
+            dense._losses, [p], dense._slots, table, loss, 0, 1, True
         ),
         "finite_difference_": lambda: ops.finite_difference_(
             dense._g, out_loss, dense._bad, dense._losses, dense._slots, True, True
         ),
         "dense_update_": lambda: ops.dense_update_(
-            [p], dense_opt._state.v, dense._g, 0, counters, n, 1e-9, 0, 0.9
+            [p], dense_opt._state.v, dense._g, table, hyper, counters, n
         ),
         f"fifo_update_ (m={m})": lambda: ops.fifo_update_(
-            [q],
-            fifo_opt._state.coords,
-            fifo_opt._state.v,
-            fifo._g,
-            ftable,
-            counters,
-            n,
-            [1e-9],
-            [0.0],
-            [0.9],
+            [q], fifo_opt._state.coords, fifo_opt._state.v, fifo._g, ftable, hyper, counters, n
         ),
-        f"perturb_batch (K={B}, 4096 elements)": lambda: ops.perturb_batch(small, idx, delta),
     }
-    ops.advance_(dense._losses, dense._slots, table, None, 0, 2 * B, True)  # leave x restored
+    restore = (dense._losses, [p], dense._slots, table, None, 0, 2 * B, True)
+    ops.advance_(*restore)  # leave x restored
     t = compare(cands, device, 200, rounds)
-    ops.advance_(dense._losses, dense._slots, table, None, 0, 2 * B, True)
+    ops.advance_(*restore)
     return {"n": n, "B": B, "m": m, "seconds": t}
 
 

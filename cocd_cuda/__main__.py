@@ -7,11 +7,11 @@ import platform
 
 import torch
 
-from . import __version__, native
+from . import __version__, ops
 
 
 def _kernels(key: str) -> bool:
-    return native.LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
+    return ops.LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(
         "cocd_cuda::plan_", key
     )
 
@@ -31,13 +31,13 @@ def report() -> str:
         f"cocd_cuda {__version__} ({os.path.dirname(os.path.abspath(__file__))})",
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"CUDA build: {torch.version.cuda or 'no'}",
-        f"native backend: {'yes' if native.LOAD_ERROR is None else 'no: ' + native.LOAD_ERROR}",
+        f"native backend: {'yes' if ops.LOAD_ERROR is None else 'no: ' + ops.LOAD_ERROR}",
         f"native CPU kernels: {'yes' if _kernels('CPU') else 'no'}",
         f"native CUDA kernels: {'yes' if _kernels('CUDA') else 'no'}",
         f"GPU: {torch.cuda.get_device_name() if cuda else 'none visible'}",
         f"CPU threads: torch {torch.get_num_threads()}, OpenMP {_openmp_threads()}",
     ]
-    if native.LOAD_ERROR is not None:
+    if ops.LOAD_ERROR is not None:
         lines.append('CoCD(backend="auto") runs the pure-PyTorch reference here.')
     return "\n".join(lines)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from . import native
+from . import native, ops
 from .layout import ParamLayout
 from .reference import ReferenceEngine
 
@@ -13,7 +13,7 @@ def select(backend: str, layout: ParamLayout) -> type:
     """The engine class for ``backend`` ("auto", "reference" or "native")."""
     if backend == "reference":
         return ReferenceEngine
-    reason = native.unsupported(layout)
+    reason = ops.unsupported(layout)
     if reason is None:
         return native.NativeEngine
     if backend == "native":
@@ -24,4 +24,4 @@ def select(backend: str, layout: ParamLayout) -> type:
 
 def available() -> list[str]:
     """The engine names that can run here."""
-    return ["reference"] + ([] if native.LOAD_ERROR else ["native"])
+    return ["reference"] + ([] if ops.LOAD_ERROR else ["native"])

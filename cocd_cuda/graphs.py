@@ -33,11 +33,12 @@ class GraphedStep:
     2B) points of every tensor in its set as one vectorised batch, with the block's
     coordinates read on the device. The graphs share one memory pool.
 
-    Everything is recaptured, before the step runs, when a param group's
-    hyperparameters change, when a parameter's storage moves, or when a
-    ``ModelObjective`` is given a new batch by ``set_batch``; ``captures`` counts the
-    captures. Each call returns the step's loss estimate as a fresh 0-dim tensor.
-    Optimizer step hooks do not run for graphed steps.
+    The graphs read the param groups' hyperparameters from a device tensor, written
+    before each replay, so an LR scheduler (or any change to ``param_groups``) needs no
+    recapture. Everything is recaptured, before the step runs, when a parameter's
+    storage moves, or when a ``ModelObjective`` is given a new batch by ``set_batch``;
+    ``captures`` counts the captures. Each call returns the step's loss estimate as a
+    fresh 0-dim tensor. Optimizer step hooks do not run for graphed steps.
 
     On CPU the same step runs without a graph, so code written for both works on both.
     """
@@ -200,7 +201,5 @@ class GraphedStep:
 
 
 def _same(a: tuple, b: tuple | None) -> bool:
-    """Equal hyperparameters and the very same tensors (identity, not values)."""
-    if b is None or a[0] != b[0]:
-        return False
-    return all(x is y for x, y in zip(a[1:], b[1:], strict=True))
+    """The very same tensors (identity, not values)."""
+    return b is not None and all(x is y for x, y in zip(a, b, strict=True))

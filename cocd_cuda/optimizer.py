@@ -264,10 +264,14 @@ class CapturableStep:
         return self._opt._state.counters.c
 
     def captured_for(self) -> tuple:
-        """What a graph bakes in besides the step counters: the hyperparameters and the
-        parameter table (rebuilt here when a storage moved, never during a capture)."""
+        """What a graph bakes in besides the counters and hyperparameters (the parameter
+        table, rebuilt here when a storage moved, never during a capture). Also writes
+        the hyperparameters to the device table the graphs read, so changing them (an
+        LR scheduler) needs no recapture."""
         opt = self._opt
-        return (tuple(opt._hyperparameters()), opt._engine.param_table())
+        table = opt._engine.param_table()
+        opt._engine.set_hyper(opt._hyperparameters())
+        return (table,)
 
     def step(self, closure, touched: tuple[int, ...] | None = None) -> torch.Tensor:
         self._opt._opt_called = True  # what LR schedulers look for (they wrap opt.step)

@@ -6,11 +6,10 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
-
-#include <string>
-#include <vector>
+#include <c10/util/SmallVector.h>
 
 #include "kernels/cocd_kernels.h"
+#include "kernels/dtype.h"
 
 namespace cocd {
 namespace binding {
@@ -78,21 +77,48 @@ inline int64_t host_counter(const at::Tensor& counters, int index, int64_t bound
   return value;
 }
 
-// Per-group hyperparameters by value; absent lists leave their entries at 0.
-inline GroupParams group_params(c10::ArrayRef<double> lr, c10::ArrayRef<double> wd,
-                                c10::ArrayRef<double> eps, c10::ArrayRef<double> momentum) {
-  GroupParams g{};
-  const size_t count = std::max({lr.size(), wd.size(), eps.size(), momentum.size()});
-  TORCH_CHECK_VALUE(count <= static_cast<size_t>(kMaxGroups), "the native kernels support at most ",
-                    kMaxGroups, " param groups, got ", count);
-  g.count = static_cast<int32_t>(count);
-  for (size_t i = 0; i < count; ++i) {
-    g.lr[i] = i < lr.size() ? lr[i] : 0.0;
-    g.weight_decay[i] = i < wd.size() ? wd[i] : 0.0;
-    g.eps[i] = i < eps.size() ? eps[i] : 0.0;
-    g.momentum[i] = i < momentum.size() ? momentum[i] : 0.0;
+// The param groups' hyperparameters: a contiguous float64 [G, 4] tensor of HyperRows
+// on the op's device, read by the kernels (on the device, for CUDA).
+inline const HyperRow* hyper_of(const at::Tensor& hyper, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(hyper.scalar_type() == at::kDouble && hyper.dim() == 2 && hyper.size(1) == 4 &&
+                        hyper.size(0) >= 1 && hyper.is_contiguous(),
+                    "the hyperparameters must be a contiguous float64 [G, 4] tensor with G >= 1, "
+                    "got ",
+                    hyper.scalar_type(), " ", hyper.sizes());
+  check_on(hyper, ref, "the hyperparameters");
+  return reinterpret_cast<const HyperRow*>(hyper.const_data_ptr<double>());
+}
+
+// CPU only (the table is host memory there): every row's group has a row in `hyper`.
+inline void check_groups_cpu(const at::Tensor& table, const at::Tensor& hyper) {
+  const ParamRef* rows = table_of(table);
+  for (int64_t p = 0; p < table.size(0); ++p) {
+    const int64_t group = param_group(rows[p]);
+    TORCH_CHECK_VALUE(group >= 0 && group < hyper.size(0), "parameter table row ", p,
+                      " names param group ", group, ", but the hyperparameters have ",
+                      hyper.size(0), " rows");
   }
-  return g;
+}
+
+// CPU only: the table's rows with each parameter's address taken from `params`, the
+// tensors the op declares it writes, after checking that the rows describe them.
+inline c10::SmallVector<ParamRef, 16> rows_for(at::TensorList params, const at::Tensor& table,
+                                               const at::Tensor& hyper) {
+  check_groups_cpu(table, hyper);
+  const ParamRef* rows = table_of(table);
+  c10::SmallVector<ParamRef, 16> out(rows, rows + table.size(0));
+  int64_t start = 0;
+  for (size_t p = 0; p < params.size(); ++p) {
+    const at::Tensor& x = params[p];
+    ParamRef& r = out[p];
+    TORCH_CHECK_VALUE(
+        r.numel == x.numel() && r.start == start && param_dtype(r) == dtype_of(x, "a parameter"),
+        "parameter table row ", p, " does not describe parameter ", p,
+        " (its size, dtype or first coordinate differ); rebuild the table");
+    r.ptr = reinterpret_cast<int64_t>(x.data_ptr());
+    start += r.numel;
+  }
+  return out;
 }
 
 // The loss tensor a closure returned, checked like the Python path checks it.
@@ -119,7 +145,7 @@ inline void bump(const at::Tensor& t) {
   if (!t.is_inference()) t.unsafeGetTensorImpl()->bump_version();
 }
 
-// Parameters of one dense group must be contiguous, on the buffer's device.
+// Parameters must be contiguous, on the buffer's device.
 inline void check_params(at::TensorList params, const at::Tensor& ref) {
   for (const auto& p : params) {
     check_on(p, ref, "a parameter");
@@ -142,16 +168,19 @@ inline void check_finite_difference(const at::Tensor& g, const at::Tensor& loss_
 }
 
 inline void check_dense_update(at::TensorList params, const at::Tensor& buffer, const at::Tensor& g,
-                               int64_t first, int64_t n) {
+                               const at::Tensor& table, int64_t n) {
   TORCH_CHECK_VALUE(buffer.scalar_type() == at::kFloat || buffer.scalar_type() == at::kDouble,
                     "buffer must be float32 or float64, got ", buffer.scalar_type());
   check_buffer(buffer, buffer.scalar_type(), n, "buffer");
   check_buffer(g, buffer.scalar_type(), -1, "g");
   check_params(params, buffer);
+  check_on(table, buffer, "the parameter table");
+  TORCH_CHECK_VALUE(table.size(0) == static_cast<int64_t>(params.size()),
+                    "the parameter table has ", table.size(0), " rows for ", params.size(),
+                    " parameters");
   int64_t total = 0;
   for (const auto& p : params) total += p.numel();
-  TORCH_CHECK_VALUE(first >= 0 && first + total <= n, "the group's coordinates [", first, ", ",
-                    first + total, ") do not fit in n = ", n);
+  TORCH_CHECK_VALUE(total == n, "the parameters have ", total, " elements in all, not n = ", n);
 }
 
 inline void check_fifo_update(at::TensorList params, const at::Tensor& coords,

@@ -4,18 +4,22 @@
 // PyInit__C below), so every op is visible to torch.compile and opcheck. The CUDA
 // implementations live in ops_cuda.cpp and only add to this library.
 //
-// The parameters are addressed through a table of raw pointers (ParamRef rows) rather
-// than passed as a tensor list to the per-evaluation ops: advance_ runs once per
-// objective evaluation and must cost about as much as one small op call, whatever the
-// number of parameter tensors. It always leaves the parameters as it found them once
-// a step's evaluations end, so only the ops that change them for good (dense_update_,
-// fifo_update_) take them as mutable arguments and bump their version counters.
+// Every tensor an op writes is declared mutable in its schema. The kernels address the
+// parameters through a table of raw pointers (ParamRef rows): on CUDA it is device
+// memory, built by the engine whenever a parameter's storage moves. The per-evaluation
+// op advance_ writes through it without converting the parameters to kernel arguments;
+// it still takes them, as a mutable list, so that its writes are visible to torch
+// (schemas, version counters). The CPU update ops write the tensors they are given.
 #include <Python.h>
 
-#include <ATen/ops/empty.h>
+#include <cstddef>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "binding.h"
 #include "kernels/cocd_kernels.h"
+#include "kernels/slot_ops.h"
 
 extern "C" {
 // An empty module: importing cocd_cuda._C only loads this library, whose static
@@ -33,24 +37,61 @@ using binding::bump;
 using binding::check_buffer;
 using binding::check_on;
 
-void plan_cpu(at::Tensor& slots, const at::Tensor& table, const at::Tensor& counters, int64_t n,
-              at::ArrayRef<double> eps, bool central) {
-  check_on(table, slots, "the parameter table");
-  binding::counters_of(counters, slots);
-  const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
-  const GroupParams groups = binding::group_params({}, {}, eps, {});
-  cpu::plan(binding::slots_of(slots), slots.size(0), binding::table_of(table), table.size(0), c, n,
-            groups, central);
+// The kernels' ABI, so that Python builds tables and reads rows without restating it:
+// dtype codes, the row widths of the parameter table, the slots and the
+// hyperparameters, the fields' positions in their rows, and kSumLanes.
+std::tuple<std::vector<std::string>, std::vector<int64_t>> abi() {
+  constexpr int64_t w = sizeof(int64_t);
+  return {{"dtype.float16", "dtype.bfloat16", "dtype.float32", "dtype.float64", "param_row",
+           "param_row.ptr", "param_row.start", "param_row.numel", "param_row.meta",
+           "param_row.group_shift", "slot_row", "hyper_row", "hyper_row.lr",
+           "hyper_row.weight_decay", "hyper_row.eps", "hyper_row.momentum", "sum_lanes"},
+          {kHalf, kBFloat16, kFloat, kDouble, sizeof(ParamRef) / w, offsetof(ParamRef, ptr) / w,
+           offsetof(ParamRef, start) / w, offsetof(ParamRef, numel) / w,
+           offsetof(ParamRef, meta) / w, kGroupShift, sizeof(Slot) / w, sizeof(HyperRow) / w,
+           offsetof(HyperRow, lr) / w, offsetof(HyperRow, weight_decay) / w,
+           offsetof(HyperRow, eps) / w, offsetof(HyperRow, momentum) / w, kSumLanes}};
 }
 
-void advance_cpu(at::Tensor& losses, const at::Tensor& slots, const at::Tensor& table,
-                 const std::optional<at::Tensor>& loss, int64_t src, int64_t dst, bool central) {
+void plan_cpu(at::Tensor& slots, const at::Tensor& table, const at::Tensor& hyper,
+              const at::Tensor& counters, int64_t n, bool central) {
+  check_on(table, slots, "the parameter table");
+  const HyperRow* h = binding::hyper_of(hyper, slots);
+  binding::check_groups_cpu(table, hyper);
+  binding::counters_of(counters, slots);
+  const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
+  cpu::plan(binding::slots_of(slots), slots.size(0), binding::table_of(table), table.size(0), c, n,
+            h, central);
+  bump(slots);
+}
+
+// The parameters' addresses from the tensors advance_ was given (the table's rows give
+// their dtypes), so that it writes exactly what its schema declares.
+struct TensorBases {
+  at::TensorList params;
+  void* operator()(int64_t p) const { return params[p].data_ptr(); }
+};
+
+void advance_cpu(at::Tensor& losses, at::TensorList params, const at::Tensor& slots,
+                 const at::Tensor& table, const std::optional<at::Tensor>& loss, int64_t src,
+                 int64_t dst, bool central) {
   check_buffer(losses, at::kDouble, -1, "losses");
+  TORCH_CHECK_VALUE(table.size(0) == static_cast<int64_t>(params.size()),
+                    "the parameter table has ", table.size(0), " rows for ", params.size(),
+                    " parameters");
   at::Tensor value;
   if (loss.has_value()) value = binding::checked_loss(*loss, losses);
-  cpu::advance(losses.data_ptr<double>(), losses.numel(), binding::slots_of(slots),
-               binding::table_of(table), value.defined() ? value.const_data_ptr() : nullptr,
+  const Slot* s = binding::slots_of(slots);
+  const int64_t n_eval = losses.numel();
+  advance_eval(losses.data_ptr<double>(), n_eval, s, binding::table_of(table), TensorBases{params},
+               value.defined() ? value.const_data_ptr() : nullptr,
                value.defined() ? binding::dtype_of(value, "the loss") : kDouble, src, dst, central);
+  // The parameters whose elements were written: those of the two evaluations' slots.
+  for (const int64_t k : {src, dst}) {
+    const int64_t j = eval_slot(k, n_eval, central);
+    if (j >= 0) bump(params[s[j].param]);
+  }
+  bump(losses);
 }
 
 void finite_difference_cpu(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
@@ -68,79 +109,55 @@ void finite_difference_cpu(at::Tensor& g, at::Tensor& loss_out, at::Tensor& bad,
                                   bad.data_ptr<int32_t>(), losses.data_ptr<double>(), s, B, central,
                                   zero_nonfinite);
   }
+  bump(g);
+  bump(loss_out);
+  bump(bad);
 }
 
-template <typename acc_t>
-void dense_group(at::TensorList params, at::Tensor& buffer, const at::Tensor& g, int64_t first,
-                 int64_t c, int64_t n, double lr, double wd, double momentum) {
-  acc_t* v = buffer.data_ptr<acc_t>();
-  const acc_t* gp = g.data_ptr<acc_t>();
-  int64_t start = first;
-  for (const auto& p : params) {
-    const int64_t len = p.numel();
-    cpu::dense_update<acc_t>(p.data_ptr(), binding::dtype_of(p, "a parameter"), v + start, len,
-                             start, gp, c, n, g.numel(), lr, wd, momentum);
-    start += len;
-  }
-}
-
-void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tensor& g, int64_t first,
-                      const at::Tensor& counters, int64_t n, double lr, double weight_decay,
-                      double momentum) {
-  binding::check_dense_update(params, buffer, g, first, n);
+void dense_update_cpu(at::TensorList params, at::Tensor& buffer, const at::Tensor& g,
+                      const at::Tensor& table, const at::Tensor& hyper, const at::Tensor& counters,
+                      int64_t n) {
+  binding::check_dense_update(params, buffer, g, table, n);
+  const HyperRow* h = binding::hyper_of(hyper, buffer);
+  const auto rows = binding::rows_for(params, table, hyper);
   binding::counters_of(counters, buffer);
   const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
+  const ParamRef* t = rows.data();
+  const int64_t P = table.size(0);
   if (buffer.scalar_type() == at::kDouble) {
-    dense_group<double>(params, buffer, g, first, c, n, lr, weight_decay, momentum);
+    cpu::dense_update<double>(t, P, buffer.data_ptr<double>(), g.data_ptr<double>(), c, n,
+                              g.numel(), h);
   } else {
-    dense_group<float>(params, buffer, g, first, c, n, lr, weight_decay, momentum);
+    cpu::dense_update<float>(t, P, buffer.data_ptr<float>(), g.data_ptr<float>(), c, n, g.numel(),
+                             h);
   }
   for (const auto& p : params) bump(p);
   bump(buffer);
 }
 
 void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals,
-                     const at::Tensor& g, const at::Tensor& table, const at::Tensor& counters,
-                     int64_t n, at::ArrayRef<double> lr, at::ArrayRef<double> weight_decay,
-                     at::ArrayRef<double> momentum) {
+                     const at::Tensor& g, const at::Tensor& table, const at::Tensor& hyper,
+                     const at::Tensor& counters, int64_t n) {
   const int64_t m = vals.numel();
   binding::check_fifo_update(params, coords, vals, g, table);
+  const HyperRow* h = binding::hyper_of(hyper, vals);
+  const auto rows = binding::rows_for(params, table, hyper);
   binding::counters_of(counters, vals);
   const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
   const int64_t head = binding::host_counter(counters, 1, m, "the ring head");
-  const GroupParams groups = binding::group_params(lr, weight_decay, {}, momentum);
-  const ParamRef* t = binding::table_of(table);
+  const ParamRef* t = rows.data();
   if (vals.scalar_type() == at::kDouble) {
     cpu::fifo_update<double, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
                                       g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n,
-                                      groups);
+                                      h);
   } else {
     cpu::fifo_update<float, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
                                      g.data_ptr<float>(), g.numel(), t, table.size(0), head, c, n,
-                                     groups);
+                                     h);
   }
   for (const auto& p : params) bump(p);
   bump(coords);
   bump(vals);
-}
-
-at::Tensor perturb_batch_cpu(const at::Tensor& x, const at::Tensor& index,
-                             const at::Tensor& delta) {
-  TORCH_CHECK_VALUE(x.is_contiguous(), "x must be contiguous");
-  check_buffer(index, at::kLong, -1, "index");
-  check_buffer(delta, at::kDouble, index.numel(), "delta");
-  const int64_t K = index.numel(), numel = x.numel();
-  const int64_t* idx = index.data_ptr<int64_t>();
-  for (int64_t k = 0; k < K; ++k) {
-    TORCH_CHECK_VALUE(idx[k] >= 0 && idx[k] < numel, "index[", k, "] = ", idx[k],
-                      " is out of range for ", numel, " elements");
-  }
-  std::vector<int64_t> shape{K};
-  shape.insert(shape.end(), x.sizes().begin(), x.sizes().end());
-  at::Tensor out = at::empty(shape, x.options());
-  cpu::perturb_batch(out.data_ptr(), x.const_data_ptr(), binding::dtype_of(x, "x"), numel, idx,
-                     delta.data_ptr<double>(), K);
-  return out;
 }
 
 }  // namespace
@@ -148,27 +165,27 @@ at::Tensor perturb_batch_cpu(const at::Tensor& x, const at::Tensor& index,
 
 TORCH_LIBRARY(cocd_cuda, m) {
   // Per step: plan_ once, advance_ once per evaluation (plus once at the start),
-  // finite_difference_ once, then dense_update_ once per param group or fifo_update_.
-  // counters is the int64 [3] tensor {c, head, t} on the ops' device: the block
-  // pointer and ring head are read from it, never passed by value, so that a step
-  // captured in a CUDA graph stays valid as they advance.
+  // finite_difference_ once, then dense_update_ (all param groups at once) or
+  // fifo_update_. counters is the int64 [3] tensor {c, head, t} and hyper the float64
+  // [G, 4] tensor of the groups' (lr, weight_decay, eps, momentum), both on the ops'
+  // device: the kernels read them there, never by value, so that a step captured in a
+  // CUDA graph follows them as they change.
   m.def(
-      "plan_(Tensor(a!) slots, Tensor table, Tensor counters, int n, float[] eps, bool central) "
+      "plan_(Tensor(a!) slots, Tensor table, Tensor hyper, Tensor counters, int n, bool central) "
       "-> ()");
   m.def(
-      "advance_(Tensor(a!) losses, Tensor slots, Tensor table, Tensor? loss, int src, int dst, "
-      "bool central) -> ()");
+      "advance_(Tensor(a!) losses, Tensor(b!)[] params, Tensor slots, Tensor table, Tensor? loss, "
+      "int src, int dst, bool central) -> ()");
   m.def(
       "finite_difference_(Tensor(a!) g, Tensor(b!) loss_out, Tensor(c!) bad, Tensor losses, "
       "Tensor slots, bool central, bool zero_nonfinite) -> ()");
   m.def(
-      "dense_update_(Tensor(a!)[] params, Tensor(b!) buffer, Tensor g, int first, "
-      "Tensor counters, int n, float lr, float weight_decay, float momentum) -> ()");
+      "dense_update_(Tensor(a!)[] params, Tensor(b!) buffer, Tensor g, Tensor table, "
+      "Tensor hyper, Tensor counters, int n) -> ()");
   m.def(
       "fifo_update_(Tensor(a!)[] params, Tensor(b!) coords, Tensor(c!) vals, Tensor g, "
-      "Tensor table, Tensor counters, int n, float[] lr, float[] weight_decay, "
-      "float[] momentum) -> ()");
-  m.def("perturb_batch(Tensor x, Tensor index, Tensor delta) -> Tensor");
+      "Tensor table, Tensor hyper, Tensor counters, int n) -> ()");
+  m.def("abi() -> (str[] names, int[] values)", &cocd::abi);
 }
 
 TORCH_LIBRARY_IMPL(cocd_cuda, CPU, m) {
@@ -177,5 +194,4 @@ TORCH_LIBRARY_IMPL(cocd_cuda, CPU, m) {
   m.impl("finite_difference_", &cocd::finite_difference_cpu);
   m.impl("dense_update_", &cocd::dense_update_cpu);
   m.impl("fifo_update_", &cocd::fifo_update_cpu);
-  m.impl("perturb_batch", &cocd::perturb_batch_cpu);
 }

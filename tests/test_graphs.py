@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cocd_cuda import CoCD, ModelObjective, backends
+from cocd_cuda import CoCD, ModelObjective, backends, ops
 
 pytestmark = pytest.mark.skipif(
     "native" not in backends.available(), reason="the native extension is not built"
@@ -223,12 +223,12 @@ def test_graphed_rejects_what_a_graph_cannot_replay():
 def test_ops_reject_counters_out_of_range():
     opt = CoCD(make_params("cpu"), compute_budget=5, backend="native")
     eng = opt._engine
-    table = eng.param_table()
+    table, hyper = eng.param_table(), ops.hyper_table(opt._hyperparameters())
     for bad, match in (([38, 0, 0], "block pointer c = 38"), ([-1, 0, 0], "c = -1")):
         with pytest.raises(ValueError, match=match):
-            torch.ops.cocd_cuda.plan_(eng._slots, table, torch.tensor(bad), 38, [0.1], True)
+            torch.ops.cocd_cuda.plan_(eng._slots, table, hyper, torch.tensor(bad), 38, True)
     with pytest.raises(ValueError, match="counters must have 3 elements"):
-        torch.ops.cocd_cuda.plan_(eng._slots, table, torch.tensor([0, 0]), 38, [0.1], True)
+        torch.ops.cocd_cuda.plan_(eng._slots, table, hyper, torch.tensor([0, 0]), 38, True)
 
 
 # ----------------------------------------------------------------------- CUDA
@@ -301,7 +301,7 @@ def test_graph_follows_batches_hyperparameters_and_moved_storage(device):
         else:  # new tensors: the step is recaptured
             f.set_batch(bx, by)
             g.set_batch(bx.clone(), by.clone())
-        if k == 3:
+        if k == 3:  # read from the device by the graph: no recapture
             for o in (eager, opt):
                 o.param_groups[0]["lr"] = 0.02
         if k == 5:  # the parameters move to new storage: the table and graph follow
@@ -313,7 +313,7 @@ def test_graph_follows_batches_hyperparameters_and_moved_storage(device):
         torch.testing.assert_close(step(), eager.step(f), rtol=1e-5, atol=1e-7)
         captures.append(step.captures)
     if device == "cuda":
-        assert captures == [1, 1, 1, 2, 2, 3, 3, 4, 5, 6]
+        assert captures == [1, 1, 1, 1, 1, 2, 2, 3, 4, 5]
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -355,6 +355,43 @@ def test_graphs_by_block_follow_eager_steps(strategy, device):
         for _ in range(23):
             step()
     assert step.captures == 8
+
+
+@CPU_AND_GPU
+@pytest.mark.parametrize("strategy", ["point", "layered"])
+def test_schedulers_change_hyperparameters_without_a_recapture(strategy, device):
+    """An LR scheduler changing lr at every step, and eps, weight_decay and momentum
+    changed as well: the graphs read them from the device, so each is captured once
+    and every step still follows the reference."""
+    models = [tiny_model().to(device), tiny_model().to(device)]
+    x = torch.randn(6, 4, dtype=torch.float64, device=device)
+    y = torch.randn(6, 2, dtype=torch.float64, device=device)
+    options = dict(compute_budget=5, lr=0.05, momentum=0.9, eps=1e-3, nonfinite="zero")
+    eager = CoCD(models[0].parameters(), backend="reference", **options)
+    opt = CoCD(models[1].parameters(), backend="native", **options)
+    if strategy == "point":  # a plain closure: one graph, point by point
+        f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy="sequential")
+        step = opt.graphed(lambda: nn.functional.mse_loss(models[1](x), y))
+    else:  # by block: the masked evaluation reads eps on the device
+        f = ModelObjective(models[0], nn.functional.mse_loss, x, y, strategy=strategy)
+        step = opt.graphed(ModelObjective(models[1], nn.functional.mse_loss, x, y,
+                                          strategy=strategy))  # fmt: skip
+    step.capture_all()
+    captured = step.captures
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: 0.9**k) for o in (eager, opt)]
+    for k in range(12):
+        if k == 6:
+            for o in (eager, opt):
+                o.param_groups[0].update(eps=2e-3, weight_decay=0.01, momentum=0.8)
+        torch.testing.assert_close(step(), eager.step(f), rtol=1e-9, atol=1e-12)
+        for s in schedulers:
+            s.step()
+    assert opt.param_groups[0]["lr"] == eager.param_groups[0]["lr"] < 0.05 * 0.9**11
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    assert step.captures == captured  # nothing was recaptured
+    if device == "cuda":
+        assert captured == len(step._graphs) >= 1
 
 
 @CPU_AND_GPU

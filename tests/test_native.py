@@ -1,12 +1,11 @@
-"""The native ops: opcheck, and the native CoCD against the reference, step for step."""
+"""The native CoCD against the reference, step for step (the ops alone: test_ops.py)."""
 
 import io
 
 import pytest
 import torch
 
-from cocd_cuda import CoCD, backends, native
-from cocd_cuda.reference import perturbed
+from cocd_cuda import CoCD, backends, ops
 
 pytestmark = pytest.mark.skipif(
     "native" not in backends.available(), reason="the native extension is not built"
@@ -226,98 +225,9 @@ def test_native_follows_reassigned_storage():
     torch.testing.assert_close(old, torch.tensor([-0.1, -0.2, -0.3], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_perturb_batch_values(dtype, device):
-    x = make_params([(3, 5)], dtype, device)[0] * 100
-    index = torch.tensor([0, 7, 7, 14, 3], device=device)
-    delta = torch.tensor([1e-3, 0.5, -0.5, 0.0, -2.0], dtype=torch.float64, device=device)
-    out = torch.ops.cocd_cuda.perturb_batch(x, index, delta)
-    assert out.shape == (5, 3, 5) and out.dtype == dtype
-    for k in range(5):
-        expected = x.clone().reshape(-1)
-        i = int(index[k])
-        expected[i] = perturbed(expected[i], float(delta[k]))
-        assert torch.equal(out[k].reshape(-1), expected), k
-
-
-# ------------------------------------------------------------------ opcheck
-def _engine_inputs(device, dtype=torch.float32, **options):
-    params = make_params([(3, 4), (5,)], dtype, device)
-    opt = CoCD(params, compute_budget=4, backend="native", **options)
-    eng = opt._engine
-    return params, opt, eng, eng.param_table()
-
-
-def _op_samples(device):
-    """One argument tuple per op, built from a live native engine.
-
-    Returns the engines too: the parameter table holds raw pointers, so the caller
-    must keep the parameters alive while it runs the ops.
-    """
-    params, opt, eng, table = _engine_inputs(device)
-    _, opt_f, eng_f, table_f = _engine_inputs(device, memory_budget=6, central_difference=False)
-    n = eng.layout.n
-    counters = torch.tensor([2, 1, 0], device=device)  # c = 2, head = 1, t = 0
-    losses = torch.linspace(1.0, 2.0, eng._n_eval, dtype=torch.float64, device=device)
-    slots = eng._slots
-    torch.ops.cocd_cuda.plan_(slots, table, counters, n, [0.1], True)
-    loss = torch.tensor(3.0, device=device)
-    g = torch.linspace(-1, 1, 4, device=device)
-    samples = {
-        "plan_": (slots, table, counters, n, [0.1], True),
-        "advance_": (losses, slots, table, loss, 1, 2, True),
-        "finite_difference_": (
-            eng._g,
-            torch.empty((), device=device),
-            eng._bad,
-            losses,
-            slots,
-            True,
-            False,
-        ),
-        "dense_update_": (params, opt._state.v, g, 0, counters, n, 0.1, 0.01, 0.9),
-        "fifo_update_": (
-            eng_f.layout.params,
-            opt_f._state.coords,
-            opt_f._state.v,
-            g[:4],
-            table_f,
-            counters,
-            n,
-            [0.1],
-            [0.0],
-            [0.9],
-        ),
-        "perturb_batch": (
-            params[0],
-            torch.tensor([0, 5], device=device),
-            torch.tensor([0.1, -0.1], dtype=torch.float64, device=device),
-        ),
-    }
-    return samples, (params, opt, opt_f)
-
-
-@pytest.mark.parametrize(
-    "op",
-    ["plan_", "advance_", "finite_difference_", "dense_update_", "fifo_update_", "perturb_batch"],
-)
-def test_opcheck(op, device):
-    samples, keepalive = _op_samples(device)
-    torch.library.opcheck(getattr(torch.ops.cocd_cuda, op).default, samples[op])
-    del keepalive
-
-
-def test_every_op_has_a_fake_and_a_cpu_kernel():
-    names = ["plan_", "advance_", "finite_difference_", "dense_update_", "fifo_update_"]
-    for name in [*names, "perturb_batch"]:
-        qualname = f"cocd_cuda::{name}"
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CPU"), name
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Meta"), name
-
-
 def test_native_is_the_default_where_built():
     assert CoCD([torch.zeros(3)]).backend == "native"
-    assert native.unsupported(CoCD([torch.zeros(3)])._engine.layout) is None
+    assert ops.unsupported(CoCD([torch.zeros(3)])._engine.layout) is None
 
 
 def test_non_contiguous_parameters_fall_back_with_a_warning():
@@ -352,7 +262,7 @@ def test_cuda_step_never_synchronises(mode):
 
 
 def test_missing_extension_falls_back_or_says_how_to_build(monkeypatch):
-    monkeypatch.setattr(native, "LOAD_ERROR", "the extension cocd_cuda._C is not built (test)")
+    monkeypatch.setattr(ops, "LOAD_ERROR", "the extension cocd_cuda._C is not built (test)")
     with pytest.warns(UserWarning, match="not built"):
         opt = CoCD([torch.zeros(3)])
     assert opt.backend == "reference"

@@ -24,6 +24,7 @@
 #include "cocd_kernels.h"
 #include "dtype.h"
 #include "internal.h"
+#include "slot_ops.h"
 #include "text.h"
 
 namespace cocd {
@@ -42,6 +43,9 @@ constexpr uint32_t kStateVersion = 1;
 constexpr std::size_t kHeaderBytes = 64;
 constexpr std::size_t kChecksumBytes = 8;
 constexpr uint64_t kMaxSteps = uint64_t{1} << 62;  // as the Python engines: t never overflows
+// The API's group limit: the groups' hyperparameter rows live inside the optimizer
+// object (2 KB), so that changing them touches no other memory.
+constexpr int32_t kMaxGroups = 64;
 
 // A double as text: %.17g (round-trips); without stdio, 9 significant digits.
 detail::Piece num(double v) {
@@ -195,7 +199,8 @@ struct Optimizer::Impl {
   NonFinite nonfinite = NonFinite::kRaise;
   DType acc = kFloat;  // buffer and estimates: kFloat or kDouble
   int64_t c = 0, t = 0, head = 0;
-  GroupParams groups{};  // the hyperparameters, already in the layout the kernels take
+  int32_t n_groups = 0;
+  HyperRow hyper[kMaxGroups] = {};  // one row per group, the layout the kernels take
 
   // Everything below lives in the block after this object, sized once at construction;
   // a step only reuses it.
@@ -238,7 +243,7 @@ bool Optimizer::Impl::step(ObjectiveFn objective, void* context, double* loss_ou
   if (objective == nullptr) invalid("step: the objective is null");
   const ParamRef* tab = table.data();
   const int64_t P = static_cast<int64_t>(table.size());
-  cpu::plan(slots.data(), B, tab, P, c, n, groups, central);
+  cpu::plan(slots.data(), B, tab, P, c, n, hyper, central);
   // Evaluation k runs with x perturbed for k; advance(k, k + 1) records its loss,
   // restores the saved bits and perturbs the next, so x holds at most one
   // perturbation, and advance(current, n_eval) undoes it exactly on any failure.
@@ -285,24 +290,17 @@ double Optimizer::Impl::finish() {
   if (bad != 0 && nonfinite == NonFinite::kRaise) {
     // Report the first offending coordinate, as the Python engines do.
     for (int64_t j = 0; j < B; ++j) {
-      const double fp = central ? losses[2 * j] : losses[j + 1];
-      const double fm = central ? losses[2 * j + 1] : losses[0];
-      if (std::isfinite(gp[j]) && std::isfinite(fp) && std::isfinite(fm)) continue;
-      nonfinite_error(t, (c + j) % n, fp, fm);
+      const Estimate<acc_t> e = fd_estimate<acc_t>(losses.data(), slots.data(), j, central);
+      if (!e.finite) nonfinite_error(t, (c + j) % n, e.fp, e.fm);
     }
   }
   acc_t* vp = v<acc_t>();
   if (dense) {
-    for (const ParamRef& r : table) {
-      if (r.numel == 0) continue;
-      const int32_t gi = param_group(r);
-      cpu::dense_update<acc_t>(reinterpret_cast<void*>(r.ptr), param_dtype(r), vp + r.start,
-                               r.numel, r.start, gp, c, n, B, groups.lr[gi],
-                               groups.weight_decay[gi], groups.momentum[gi]);
-    }
+    cpu::dense_update<acc_t>(table.data(), static_cast<int64_t>(table.size()), vp, gp, c, n, B,
+                             hyper);
   } else {
     cpu::fifo_update<acc_t, int32_t>(coords.data(), vp, m, gp, B, table.data(),
-                                     static_cast<int64_t>(table.size()), head, c, n, groups);
+                                     static_cast<int64_t>(table.size()), head, c, n, hyper);
     head = (head + B) % m;
   }
   c = (c + B) % n;
@@ -545,7 +543,7 @@ Optimizer detail::Access::create_in(const Inputs& in, void* storage, std::size_t
     r.ptr = static_cast<int64_t>(reinterpret_cast<intptr_t>(p.data));
     r.start = start;
     r.numel = p.numel;
-    r.meta = static_cast<int32_t>(p.dtype) | (static_cast<int64_t>(p.group) << 8);
+    r.meta = static_cast<int32_t>(p.dtype) | (static_cast<int64_t>(p.group) << kGroupShift);
     start += p.numel;
   }
   check_overlap(table.data(), P);  // the last check: nothing is written before it passes
@@ -560,13 +558,10 @@ Optimizer detail::Access::create_in(const Inputs& in, void* storage, std::size_t
   s.dense = s.m == s.n;
   s.nonfinite = static_cast<NonFinite>(in.nonfinite);
   s.acc = shape.wide ? kDouble : kFloat;  // float64 estimates as soon as any parameter is float64
-  s.groups.count = shape.n_groups;
+  s.n_groups = shape.n_groups;
   for (int32_t gi = 0; gi < shape.n_groups; ++gi) {
     const GroupOptions g = in.group(in.groups, gi);
-    s.groups.lr[gi] = g.lr;
-    s.groups.weight_decay[gi] = g.weight_decay;
-    s.groups.eps[gi] = g.eps;
-    s.groups.momentum[gi] = g.momentum;
+    s.hyper[gi] = HyperRow{g.lr, g.weight_decay, g.eps, g.momentum};
   }
   const std::size_t B = static_cast<std::size_t>(s.B), m = static_cast<std::size_t>(s.m);
   s.table = table;
@@ -650,29 +645,25 @@ bool Optimizer::step(ObjectiveFn objective, void* context, double* loss) {
 }
 
 GroupOptions Optimizer::group(int32_t g) const {
-  if (g < 0 || g >= impl_->groups.count) {
-    invalid("group index " + str(g) + " out of range [0, " + str(impl_->groups.count) + ")");
+  if (g < 0 || g >= impl_->n_groups) {
+    invalid("group index " + str(g) + " out of range [0, " + str(impl_->n_groups) + ")");
   }
-  const GroupParams& p = impl_->groups;
+  const HyperRow& h = impl_->hyper[g];
   GroupOptions out;
-  out.lr = p.lr[g];
-  out.weight_decay = p.weight_decay[g];
-  out.eps = p.eps[g];
-  out.momentum = p.momentum[g];
+  out.lr = h.lr;
+  out.weight_decay = h.weight_decay;
+  out.eps = h.eps;
+  out.momentum = h.momentum;
   return out;
 }
 
 void Optimizer::set_group(int32_t g, const GroupOptions& options) {
   group(g);  // range check
   check_group(options, g);
-  GroupParams& p = impl_->groups;
-  p.lr[g] = options.lr;
-  p.weight_decay[g] = options.weight_decay;
-  p.eps[g] = options.eps;
-  p.momentum[g] = options.momentum;
+  impl_->hyper[g] = HyperRow{options.lr, options.weight_decay, options.eps, options.momentum};
 }
 
-int32_t Optimizer::num_groups() const { return impl_->groups.count; }
+int32_t Optimizer::num_groups() const { return impl_->n_groups; }
 int64_t Optimizer::size() const { return impl_->n; }
 int64_t Optimizer::compute_budget() const { return impl_->B; }
 int64_t Optimizer::memory_budget() const { return impl_->m; }

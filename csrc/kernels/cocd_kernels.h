@@ -18,6 +18,9 @@ namespace cocd {
 // Storage dtypes of parameters (and of the loss a closure returns).
 enum DType : int32_t { kHalf = 0, kBFloat16 = 1, kFloat = 2, kDouble = 3 };
 
+// ParamRef::meta holds the dtype in its low byte and the param group above it.
+constexpr int kGroupShift = 8;
+
 // One row of the parameter table: where a parameter's elements live and which
 // coordinates they are. The table is an int64 [P, 4] tensor on the parameters'
 // device, built once and rebuilt only when a parameter's storage moves. Rows are in
@@ -26,7 +29,7 @@ struct ParamRef {
   int64_t ptr;    // address of element 0 (contiguous row-major storage)
   int64_t start;  // first coordinate of this parameter in the flat vector x
   int64_t numel;
-  int64_t meta;  // dtype | group << 8
+  int64_t meta;  // dtype | group << kGroupShift
 };
 static_assert(sizeof(ParamRef) == 4 * sizeof(int64_t), "ParamRef is a row of int64[P, 4]");
 
@@ -43,15 +46,16 @@ struct Slot {
 };
 static_assert(sizeof(Slot) == 6 * sizeof(int64_t), "Slot is a row of int64[B, 6]");
 
-// Per-group hyperparameters, passed by value (kernel arguments, no host->device copy).
-constexpr int kMaxGroups = 64;
-struct GroupParams {
-  int32_t count;
-  double lr[kMaxGroups];
-  double weight_decay[kMaxGroups];
-  double eps[kMaxGroups];
-  double momentum[kMaxGroups];
+// One param group's hyperparameters: row g of a float64 [G, 4] tensor (one row per
+// group, on the parameters' device). The kernels read the rows through a pointer, so a
+// step captured in a CUDA graph replays with whatever values the tensor holds then.
+struct HyperRow {
+  double lr;
+  double weight_decay;
+  double eps;
+  double momentum;
 };
+static_assert(sizeof(HyperRow) == 4 * sizeof(double), "HyperRow is a row of float64[G, 4]");
 
 // The central-difference loss estimate is the mean of the B values (f+ + f-)/2, summed
 // in one order on every device so that CPU and CUDA agree bit for bit: value j is added,
@@ -73,7 +77,7 @@ namespace cpu {
 
 // Fill the block's slots for coordinates c, c+1, ..., c+B-1 (mod n).
 void plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c, int64_t n,
-          const GroupParams& groups, bool central);
+          const HyperRow* hyper, bool central);
 
 // Finish evaluation `from` (store its loss if `loss` is non-null, restore its
 // coordinate unless `to` perturbs the same one) and start evaluation `to`.
@@ -87,12 +91,13 @@ template <typename acc_t>
 void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* losses,
                        const Slot* slots, int64_t B, bool central, bool zero_nonfinite);
 
-// Dense decay + refresh + descend over one parameter (coordinates first..first+len-1)
-// and its buffer slice v: v <- momentum*v except the fresh block, where v <- g;
-// x <- x*(1 - lr*wd) - lr*v. One pass over x and v.
+// Dense decay + refresh + descend over every parameter of the table (P rows, the
+// buffer v holding one entry per coordinate): v <- momentum*v except the fresh block
+// [c, c+B) mod n, where v <- g; x <- x*(1 - lr*wd) - lr*v, with each parameter's group
+// row of `hyper`. One pass over x and v.
 template <typename acc_t>
-void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first, const acc_t* g,
-                  int64_t c, int64_t n, int64_t B, double lr, double wd, double momentum);
+void dense_update(const ParamRef* table, int64_t P, acc_t* v, const acc_t* g, int64_t c, int64_t n,
+                  int64_t B, const HyperRow* hyper);
 
 // FIFO decay + push + scatter-descend in one pass over the ring of m entries. The B
 // fresh entries go to ring slots head, head+1, ... (mod m) with coordinates c, c+1, ...
@@ -100,12 +105,7 @@ void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first, 
 template <typename acc_t, typename coord_t>
 void fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                  const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
-                 const GroupParams& groups);
-
-// K perturbed copies of x (numel elements): out[k] = x with element index[k] set to
-// round(x[index[k]] + delta[k]); delta 0 leaves copy k equal to x.
-void perturb_batch(void* out, const void* x, DType dtype, int64_t numel, const int64_t* index,
-                   const double* delta, int64_t K);
+                 const HyperRow* hyper);
 
 }  // namespace cpu
 }  // namespace cocd

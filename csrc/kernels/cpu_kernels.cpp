@@ -14,9 +14,9 @@ namespace {
 // Below this many elements a parallel region costs more than it saves.
 constexpr int64_t kParallelGrain = 1 << 15;
 
-// x <- x*decay - lr*v over [lo, hi), with v <- momentum*v first when kDecay and the
-// weight-decay product only when kWd: each product rounded on its own, as the
-// reference does, and the branches resolved at compile time.
+// x <- descend(x, v) over [lo, hi), with v <- momentum*v first when kDecay and the
+// weight-decay product only when kWd: the branches resolved at compile time, so the
+// loop vectorises.
 template <typename codec, typename acc_t, bool kDecay, bool kWd>
 void descend_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi, acc_t decay,
                    acc_t lr, acc_t momentum) {
@@ -24,12 +24,11 @@ void descend_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi,
   for (int64_t i = lo; i < hi; ++i) {
     acc_t vi = v[i];
     if (kDecay) {
-      vi = vi * momentum;
+      vi = mul_rn(vi, momentum);
       v[i] = vi;
     }
-    acc_t xi = codec::template load<acc_t>(x[i]);
-    if (kWd) xi = xi * decay;
-    x[i] = codec::template store<acc_t>(xi - lr * vi);
+    x[i] = codec::template store<acc_t>(
+        descend(codec::template load<acc_t>(x[i]), vi, lr, decay, kWd));
   }
 }
 
@@ -40,19 +39,19 @@ void refresh_range(typename codec::storage* x, acc_t* v, int64_t lo, int64_t hi,
   for (int64_t i = lo; i < hi; ++i) {
     const acc_t vi = g[i - lo];
     v[i] = vi;
-    acc_t xi = codec::template load<acc_t>(x[i]);
-    if (kWd) xi = xi * decay;
-    x[i] = codec::template store<acc_t>(xi - lr * vi);
+    x[i] = codec::template store<acc_t>(
+        descend(codec::template load<acc_t>(x[i]), vi, lr, decay, kWd));
   }
 }
 
+// One parameter: coordinates [first, first+len), its buffer slice v.
 template <typename codec, typename acc_t, bool kWd>
 void dense_typed(void* xp, acc_t* v, int64_t len, int64_t first, const acc_t* g, int64_t c,
-                 int64_t n, int64_t B, double lr, double wd, double momentum) {
+                 int64_t n, int64_t B, const HyperRow& h) {
   auto* x = static_cast<typename codec::storage*>(xp);
-  const acc_t decay = static_cast<acc_t>(1.0 - lr * wd);
-  const acc_t a_lr = static_cast<acc_t>(lr);
-  const acc_t a_m = static_cast<acc_t>(momentum);
+  const acc_t decay = decay_factor<acc_t>(h.lr, h.weight_decay);
+  const acc_t a_lr = static_cast<acc_t>(h.lr);
+  const acc_t a_m = static_cast<acc_t>(h.momentum);
   // The fresh block is [c, c+B) mod n: at most two intervals of global coordinates,
   // each with its offset into g. Everything else in [first, first+len) is stale.
   struct Interval {
@@ -64,7 +63,7 @@ void dense_typed(void* xp, acc_t* v, int64_t len, int64_t first, const acc_t* g,
   const int64_t end = first + len;
   auto stale = [&](int64_t lo, int64_t hi) {
     if (lo >= hi) return;
-    if (momentum != 1.0) {
+    if (h.momentum != 1.0) {
       descend_range<codec, acc_t, true, kWd>(x, v, lo - first, hi - first, decay, a_lr, a_m);
     } else {
       descend_range<codec, acc_t, false, kWd>(x, v, lo - first, hi - first, decay, a_lr, a_m);
@@ -83,19 +82,19 @@ void dense_typed(void* xp, acc_t* v, int64_t len, int64_t first, const acc_t* g,
 
 template <typename codec, typename acc_t>
 void dense_dispatch_wd(void* x, acc_t* v, int64_t len, int64_t first, const acc_t* g, int64_t c,
-                       int64_t n, int64_t B, double lr, double wd, double momentum) {
-  if (wd != 0.0) {
-    dense_typed<codec, acc_t, true>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+                       int64_t n, int64_t B, const HyperRow& h) {
+  if (h.weight_decay != 0.0) {
+    dense_typed<codec, acc_t, true>(x, v, len, first, g, c, n, B, h);
   } else {
-    dense_typed<codec, acc_t, false>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+    dense_typed<codec, acc_t, false>(x, v, len, first, g, c, n, B, h);
   }
 }
 
 }  // namespace
 
 void plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, int64_t c, int64_t n,
-          const GroupParams& groups, bool central) {
-  for (int64_t j = 0; j < B; ++j) plan_slot(slots, j, table, P, c, n, groups, central);
+          const HyperRow* hyper, bool central) {
+  for (int64_t j = 0; j < B; ++j) plan_slot(slots, j, table, P, c, n, hyper, central);
 }
 
 void advance(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
@@ -109,17 +108,10 @@ void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* lo
   int32_t n_bad = 0;
   double lanes[kSumLanes] = {};  // the summation order of cocd_kernels.h
   for (int64_t j = 0; j < B; ++j) {
-    const double fp = central ? losses[2 * j] : losses[j + 1];
-    const double fm = central ? losses[2 * j + 1] : losses[0];
-    const double h = slots[j].h;
-    acc_t gj = h != 0.0 ? static_cast<acc_t>((fp - fm) / h) : acc_t(0);
-    const bool ok = std::isfinite(gj) && std::isfinite(fp) && std::isfinite(fm);
-    if (!ok) {
-      ++n_bad;
-      if (zero_nonfinite) gj = acc_t(0);
-    }
-    g[j] = gj;
-    if (central) lanes[j % kSumLanes] += (fp + fm) / 2;
+    const Estimate<acc_t> e = fd_estimate<acc_t>(losses, slots, j, central);
+    g[j] = e.finite || !zero_nonfinite ? e.g : acc_t(0);
+    n_bad += e.finite ? 0 : 1;
+    if (central) lanes[j % kSumLanes] += (e.fp + e.fm) / 2;
   }
   for (int s = kSumLanes / 2; s > 0; s /= 2) {
     for (int t = 0; t < s; ++t) lanes[t] += lanes[t + s];
@@ -129,43 +121,37 @@ void finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const double* lo
 }
 
 template <typename acc_t>
-void dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first, const acc_t* g,
-                  int64_t c, int64_t n, int64_t B, double lr, double wd, double momentum) {
-  switch (x_dtype) {
-    case kHalf:
-      dense_dispatch_wd<Codec<HalfTag>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
-      break;
-    case kBFloat16:
-      dense_dispatch_wd<Codec<BF16Tag>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
-      break;
-    case kFloat:
-      dense_dispatch_wd<Codec<float>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
-      break;
-    default:
-      dense_dispatch_wd<Codec<double>, acc_t>(x, v, len, first, g, c, n, B, lr, wd, momentum);
+void dense_update(const ParamRef* table, int64_t P, acc_t* v, const acc_t* g, int64_t c, int64_t n,
+                  int64_t B, const HyperRow* hyper) {
+  for (int64_t p = 0; p < P; ++p) {
+    const ParamRef& r = table[p];
+    if (r.numel == 0) continue;
+    void* x = reinterpret_cast<void*>(r.ptr);
+    acc_t* vp = v + r.start;
+    const HyperRow& h = hyper[param_group(r)];
+    switch (param_dtype(r)) {
+      case kHalf:
+        dense_dispatch_wd<Codec<HalfTag>, acc_t>(x, vp, r.numel, r.start, g, c, n, B, h);
+        break;
+      case kBFloat16:
+        dense_dispatch_wd<Codec<BF16Tag>, acc_t>(x, vp, r.numel, r.start, g, c, n, B, h);
+        break;
+      case kFloat:
+        dense_dispatch_wd<Codec<float>, acc_t>(x, vp, r.numel, r.start, g, c, n, B, h);
+        break;
+      default:
+        dense_dispatch_wd<Codec<double>, acc_t>(x, vp, r.numel, r.start, g, c, n, B, h);
+    }
   }
 }
 
 template <typename acc_t, typename coord_t>
 void fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                  const ParamRef* table, int64_t P, int64_t head, int64_t c, int64_t n,
-                 const GroupParams& groups) {
+                 const HyperRow* hyper) {
 #pragma omp parallel for schedule(static) if (m > kParallelGrain)
   for (int64_t s = 0; s < m; ++s) {
-    fifo_entry(s, coords, vals, m, g, B, table, P, head, c, n, groups);
-  }
-}
-
-void perturb_batch(void* out, const void* x, DType dtype, int64_t numel, const int64_t* index,
-                   const double* delta, int64_t K) {
-  const int64_t elem = (dtype == kHalf || dtype == kBFloat16) ? 2 : (dtype == kFloat ? 4 : 8);
-  auto* dst = static_cast<unsigned char*>(out);
-#pragma omp parallel for schedule(static) if (K * numel > kParallelGrain)
-  for (int64_t k = 0; k < K; ++k) {
-    unsigned char* copy = dst + k * numel * elem;
-    std::copy_n(static_cast<const unsigned char*>(x), numel * elem, copy);
-    const int64_t i = index[k];
-    write_bits(copy, dtype, i, perturbed_bits(read_bits(x, dtype, i), dtype, delta[k]));
+    fifo_entry(s, coords, vals, m, g, B, table, P, head, c, n, hyper);
   }
 }
 
@@ -173,14 +159,14 @@ template void finite_difference<float>(float*, float*, int32_t*, const double*, 
                                        int64_t, bool, bool);
 template void finite_difference<double>(double*, double*, int32_t*, const double*, const Slot*,
                                         int64_t, bool, bool);
-template void dense_update<float>(void*, DType, float*, int64_t, int64_t, const float*, int64_t,
-                                  int64_t, int64_t, double, double, double);
-template void dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*, int64_t,
-                                   int64_t, int64_t, double, double, double);
+template void dense_update<float>(const ParamRef*, int64_t, float*, const float*, int64_t, int64_t,
+                                  int64_t, const HyperRow*);
+template void dense_update<double>(const ParamRef*, int64_t, double*, const double*, int64_t,
+                                   int64_t, int64_t, const HyperRow*);
 #define COCD_FIFO(acc_t, coord_t)                                                                \
   template void fifo_update<acc_t, coord_t>(coord_t*, acc_t*, int64_t, const acc_t*, int64_t,    \
                                             const ParamRef*, int64_t, int64_t, int64_t, int64_t, \
-                                            const GroupParams&);
+                                            const HyperRow*);
 COCD_FIFO(float, int64_t)
 COCD_FIFO(double, int64_t)
 COCD_FIFO(float, int32_t)

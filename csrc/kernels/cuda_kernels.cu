@@ -42,11 +42,12 @@ int blocks_for(int64_t work) {
 }
 
 __global__ void plan_kernel(Slot* slots, int64_t B, const ParamRef* table, int64_t P,
-                            const int64_t* counters, int64_t n, GroupParams groups, bool central) {
+                            const int64_t* counters, int64_t n, const HyperRow* hyper,
+                            bool central) {
   const int64_t c = counters[0];
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < B;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    plan_slot(slots, j, table, P, c, n, groups, central);
+    plan_slot(slots, j, table, P, c, n, hyper, central);
   }
 }
 
@@ -69,17 +70,10 @@ __global__ void finite_difference_kernel(acc_t* g, acc_t* loss_out, int32_t* bad
   double total = 0.0;
   int32_t my_bad = 0;
   for (int64_t j = threadIdx.x; j < B; j += blockDim.x) {
-    const double fp = central ? losses[2 * j] : losses[j + 1];
-    const double fm = central ? losses[2 * j + 1] : losses[0];
-    const double h = slots[j].h;
-    acc_t gj = h != 0.0 ? static_cast<acc_t>(__ddiv_rn(__dsub_rn(fp, fm), h)) : acc_t(0);
-    const bool ok = isfinite(gj) && isfinite(fp) && isfinite(fm);
-    if (!ok) {
-      ++my_bad;
-      if (zero_nonfinite) gj = acc_t(0);
-    }
-    g[j] = gj;
-    if (central) total += (fp + fm) / 2;
+    const Estimate<acc_t> e = fd_estimate<acc_t>(losses, slots, j, central);
+    g[j] = e.finite || !zero_nonfinite ? e.g : acc_t(0);
+    my_bad += e.finite ? 0 : 1;
+    if (central) total += (e.fp + e.fm) / 2;
   }
   partial[threadIdx.x] = total;
   if (my_bad) atomicAdd(&n_bad, my_bad);
@@ -94,17 +88,30 @@ __global__ void finite_difference_kernel(acc_t* g, acc_t* loss_out, int32_t* bad
   }
 }
 
-// Element i of a parameter is coordinate first + i; it is in the block when its
-// position there, (first + i - c) mod n, is below B. The block pointer c is read on
-// the device, and the modulo is one conditional add (both operands lie in [0, n)).
-template <typename codec, typename acc_t>
-__global__ void dense_kernel(typename codec::storage* x, acc_t* v, int64_t len, int64_t first,
-                             const acc_t* g, const int64_t* counters, int64_t n, int64_t B,
-                             acc_t decay, acc_t lr, acc_t momentum, bool do_decay, bool do_wd) {
+// All parameters in one launch: a grid-stride loop over the n coordinates. Each
+// thread finds its coordinate's parameter row by binary search, and keeps the row (and
+// its group's HyperRow) while its next coordinates stay inside it. Coordinate i is in
+// the block when (i - c) mod n is below B; the block pointer c is read on the device,
+// and the modulo is one conditional add (both operands lie in [0, n)).
+template <typename acc_t>
+__global__ void dense_kernel(const ParamRef* table, int64_t P, acc_t* v, const acc_t* g,
+                             const int64_t* counters, int64_t n, int64_t B, const HyperRow* hyper) {
   const int64_t c = counters[0];
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < len;
+  ParamRef r{0, 0, 0, 0};  // numel 0: no coordinate is inside, the first one searches
+  acc_t lr = 0, decay = 0, momentum = 0;
+  bool has_wd = false, decays = false;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t j = first + i - c;
+    if (i < r.start || i >= r.start + r.numel) {
+      r = table[find_param(table, P, i)];
+      const HyperRow h = hyper[param_group(r)];
+      lr = static_cast<acc_t>(h.lr);
+      decay = decay_factor<acc_t>(h.lr, h.weight_decay);
+      momentum = static_cast<acc_t>(h.momentum);
+      has_wd = h.weight_decay != 0.0;
+      decays = h.momentum != 1.0;
+    }
+    int64_t j = i - c;
     if (j < 0) j += n;
     acc_t vi;
     if (j < B) {
@@ -112,59 +119,34 @@ __global__ void dense_kernel(typename codec::storage* x, acc_t* v, int64_t len, 
       v[i] = vi;
     } else {
       vi = v[i];
-      if (do_decay) {
+      if (decays) {
         vi = mul_rn(vi, momentum);
         v[i] = vi;
       }
     }
-    acc_t xi = codec::template load<acc_t>(x[i]);
-    if (do_wd) xi = mul_rn(xi, decay);
-    x[i] = codec::template store<acc_t>(sub_rn(xi, mul_rn(lr, vi)));
+    void* x = reinterpret_cast<void*>(r.ptr);
+    const DType dt = param_dtype(r);
+    store_as<acc_t>(x, dt, i - r.start,
+                    descend(load_as<acc_t>(x, dt, i - r.start), vi, lr, decay, has_wd));
   }
 }
 
 template <typename acc_t, typename coord_t>
 __global__ void fifo_kernel(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                             const ParamRef* table, int64_t P, const int64_t* counters, int64_t n,
-                            GroupParams groups) {
+                            const HyperRow* hyper) {
   const int64_t c = counters[0], head = counters[1];
   for (int64_t s = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; s < m;
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    fifo_entry(s, coords, vals, m, g, B, table, P, head, c, n, groups);
+    fifo_entry(s, coords, vals, m, g, B, table, P, head, c, n, hyper);
   }
-}
-
-template <typename storage_t>
-__global__ void perturb_batch_kernel(storage_t* out, const storage_t* x, DType dtype, int64_t numel,
-                                     const int64_t* index, const double* delta, int64_t K) {
-  const int64_t total = K * numel;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t k = e / numel;
-    const int64_t i = e - k * numel;
-    storage_t value = x[i];
-    if (i == index[k]) {
-      value = static_cast<storage_t>(perturbed_bits(static_cast<uint64_t>(value), dtype, delta[k]));
-    }
-    out[e] = value;
-  }
-}
-
-template <typename codec, typename acc_t>
-void launch_dense(void* x, acc_t* v, int64_t len, int64_t first, const acc_t* g,
-                  const int64_t* counters, int64_t n, int64_t B, double lr, double wd,
-                  double momentum, cudaStream_t stream) {
-  launch(dense_kernel<codec, acc_t>, blocks_for(len), kThreads, stream,
-         static_cast<typename codec::storage*>(x), v, len, first, g, counters, n, B,
-         static_cast<acc_t>(1.0 - lr * wd), static_cast<acc_t>(lr), static_cast<acc_t>(momentum),
-         momentum != 1.0, wd != 0.0);
 }
 
 }  // namespace
 
 cudaError_t plan(Slot* slots, int64_t B, const ParamRef* table, int64_t P, const int64_t* counters,
-                 int64_t n, const GroupParams& groups, bool central, cudaStream_t stream) {
-  launch(plan_kernel, blocks_for(B), kThreads, stream, slots, B, table, P, counters, n, groups,
+                 int64_t n, const HyperRow* hyper, bool central, cudaStream_t stream) {
+  launch(plan_kernel, blocks_for(B), kThreads, stream, slots, B, table, P, counters, n, hyper,
          central);
   return cudaGetLastError();
 }
@@ -187,56 +169,20 @@ cudaError_t finite_difference(acc_t* g, acc_t* loss_out, int32_t* bad, const dou
 }
 
 template <typename acc_t>
-cudaError_t dense_update(void* x, DType x_dtype, acc_t* v, int64_t len, int64_t first,
-                         const acc_t* g, const int64_t* counters, int64_t n, int64_t B, double lr,
-                         double wd, double momentum, cudaStream_t stream) {
-  switch (x_dtype) {
-    case kHalf:
-      launch_dense<Codec<HalfTag>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
-                                          stream);
-      break;
-    case kBFloat16:
-      launch_dense<Codec<BF16Tag>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
-                                          stream);
-      break;
-    case kFloat:
-      launch_dense<Codec<float>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
-                                        stream);
-      break;
-    default:
-      launch_dense<Codec<double>, acc_t>(x, v, len, first, g, counters, n, B, lr, wd, momentum,
-                                         stream);
-  }
+cudaError_t dense_update(const ParamRef* table, int64_t P, acc_t* v, const acc_t* g,
+                         const int64_t* counters, int64_t n, int64_t B, const HyperRow* hyper,
+                         cudaStream_t stream) {
+  launch(dense_kernel<acc_t>, blocks_for(n), kThreads, stream, table, P, v, g, counters, n, B,
+         hyper);
   return cudaGetLastError();
 }
 
 template <typename acc_t, typename coord_t>
 cudaError_t fifo_update(coord_t* coords, acc_t* vals, int64_t m, const acc_t* g, int64_t B,
                         const ParamRef* table, int64_t P, const int64_t* counters, int64_t n,
-                        const GroupParams& groups, cudaStream_t stream) {
+                        const HyperRow* hyper, cudaStream_t stream) {
   launch(fifo_kernel<acc_t, coord_t>, blocks_for(m), kThreads, stream, coords, vals, m, g, B, table,
-         P, counters, n, groups);
-  return cudaGetLastError();
-}
-
-cudaError_t perturb_batch(void* out, const void* x, DType dtype, int64_t numel,
-                          const int64_t* index, const double* delta, int64_t K,
-                          cudaStream_t stream) {
-  const int blocks = blocks_for(K * numel);
-  switch (dtype) {
-    case kHalf:
-    case kBFloat16:
-      launch(perturb_batch_kernel<uint16_t>, blocks, kThreads, stream, static_cast<uint16_t*>(out),
-             static_cast<const uint16_t*>(x), dtype, numel, index, delta, K);
-      break;
-    case kFloat:
-      launch(perturb_batch_kernel<uint32_t>, blocks, kThreads, stream, static_cast<uint32_t*>(out),
-             static_cast<const uint32_t*>(x), dtype, numel, index, delta, K);
-      break;
-    default:
-      launch(perturb_batch_kernel<uint64_t>, blocks, kThreads, stream, static_cast<uint64_t*>(out),
-             static_cast<const uint64_t*>(x), dtype, numel, index, delta, K);
-  }
+         P, counters, n, hyper);
   return cudaGetLastError();
 }
 
@@ -244,16 +190,16 @@ template cudaError_t finite_difference<float>(float*, float*, int32_t*, const do
                                               int64_t, bool, bool, cudaStream_t);
 template cudaError_t finite_difference<double>(double*, double*, int32_t*, const double*,
                                                const Slot*, int64_t, bool, bool, cudaStream_t);
-template cudaError_t dense_update<float>(void*, DType, float*, int64_t, int64_t, const float*,
-                                         const int64_t*, int64_t, int64_t, double, double, double,
+template cudaError_t dense_update<float>(const ParamRef*, int64_t, float*, const float*,
+                                         const int64_t*, int64_t, int64_t, const HyperRow*,
                                          cudaStream_t);
-template cudaError_t dense_update<double>(void*, DType, double*, int64_t, int64_t, const double*,
-                                          const int64_t*, int64_t, int64_t, double, double, double,
+template cudaError_t dense_update<double>(const ParamRef*, int64_t, double*, const double*,
+                                          const int64_t*, int64_t, int64_t, const HyperRow*,
                                           cudaStream_t);
 #define COCD_FIFO(acc_t, coord_t)                                                                 \
   template cudaError_t fifo_update<acc_t, coord_t>(                                               \
       coord_t*, acc_t*, int64_t, const acc_t*, int64_t, const ParamRef*, int64_t, const int64_t*, \
-      int64_t, const GroupParams&, cudaStream_t);
+      int64_t, const HyperRow*, cudaStream_t);
 COCD_FIFO(float, int64_t)
 COCD_FIFO(double, int64_t)
 COCD_FIFO(float, int32_t)

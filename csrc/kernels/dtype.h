@@ -267,7 +267,11 @@ COCD_HD int64_t find_param(const ParamRef* table, int64_t P, int64_t i) {
   return lo;
 }
 
-COCD_HD DType param_dtype(const ParamRef& r) { return static_cast<DType>(r.meta & 0xff); }
-COCD_HD int32_t param_group(const ParamRef& r) { return static_cast<int32_t>(r.meta >> 8); }
+COCD_HD DType param_dtype(const ParamRef& r) {
+  return static_cast<DType>(r.meta & ((1 << kGroupShift) - 1));
+}
+COCD_HD int32_t param_group(const ParamRef& r) {
+  return static_cast<int32_t>(r.meta >> kGroupShift);
+}
 
 }  // namespace cocd

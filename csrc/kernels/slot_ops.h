@@ -2,6 +2,7 @@
 // kernels call these in loops, the CUDA kernels once per thread.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "cocd_kernels.h"
@@ -39,15 +40,62 @@ COCD_HD double sub_rn(double a, double b) {
   return a - b;
 #endif
 }
+COCD_HD double div_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+template <typename T>
+COCD_HD bool finite(T a) {
+#if defined(__CUDA_ARCH__)
+  return isfinite(a);
+#else
+  return std::isfinite(a);
+#endif
+}
+
+// The descend of one coordinate: x*decay - lr*v, where decay = 1 - lr*wd
+// (decay_factor) multiplies only when the group has weight decay. Each product is
+// rounded on its own, as the reference rounds it.
+template <typename acc_t>
+COCD_HD acc_t decay_factor(double lr, double wd) {
+  return static_cast<acc_t>(sub_rn(1.0, mul_rn(lr, wd)));
+}
+template <typename acc_t>
+COCD_HD acc_t descend(acc_t x, acc_t v, acc_t lr, acc_t decay, bool has_wd) {
+  return sub_rn(has_wd ? mul_rn(x, decay) : x, mul_rn(lr, v));
+}
+
+// Slot j's finite difference from the step's losses: f+ and f- (forward: f- = f(x)),
+// the estimate (f+ - f-)/h in acc_t (0 when h = 0), and whether all three are finite.
+template <typename acc_t>
+struct Estimate {
+  double fp, fm;
+  acc_t g;
+  bool finite;
+};
+template <typename acc_t>
+COCD_HD Estimate<acc_t> fd_estimate(const double* losses, const Slot* slots, int64_t j,
+                                    bool central) {
+  Estimate<acc_t> e;
+  e.fp = central ? losses[2 * j] : losses[j + 1];
+  e.fm = central ? losses[2 * j + 1] : losses[0];
+  const double h = slots[j].h;
+  e.g = h != 0.0 ? static_cast<acc_t>(div_rn(sub_rn(e.fp, e.fm), h)) : acc_t(0);
+  e.finite = finite(e.g) && finite(e.fp) && finite(e.fm);
+  return e;
+}
 
 // Slot j of the block: coordinate (c + j) mod n, its saved and perturbed bits.
 COCD_HD void plan_slot(Slot* slots, int64_t j, const ParamRef* table, int64_t P, int64_t c,
-                       int64_t n, const GroupParams& groups, bool central) {
+                       int64_t n, const HyperRow* hyper, bool central) {
   const int64_t i = (c + j) % n;
   const int64_t p = find_param(table, P, i);
   const ParamRef r = table[p];
   const DType dt = param_dtype(r);
-  const double eps = groups.eps[param_group(r)];
+  const double eps = hyper[param_group(r)].eps;
   Slot s;
   s.param = p;
   s.offset = i - r.start;
@@ -58,11 +106,19 @@ COCD_HD void plan_slot(Slot* slots, int64_t j, const ParamRef* table, int64_t P,
   slots[j] = s;
 }
 
+// Where parameter p's elements are: by default its table row's address; the CPU torch
+// op passes the tensors it was given instead (the ones its schema says it writes).
+struct TableBases {
+  const ParamRef* table;
+  COCD_HD void* operator()(int64_t p) const { return reinterpret_cast<void*>(table[p].ptr); }
+};
+
 // Finish evaluation `from` (store its loss, restore its coordinate unless `to` perturbs
 // the same one) and start evaluation `to`.
+template <typename Bases>
 COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
-                          const void* loss, DType loss_dtype, int64_t from, int64_t to,
-                          bool central) {
+                          const Bases& base, const void* loss, DType loss_dtype, int64_t from,
+                          int64_t to, bool central) {
   if (loss != nullptr && from >= 0 && from < n_eval) {
     losses[from] = load_as<double>(loss, loss_dtype, 0);
   }
@@ -70,15 +126,19 @@ COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, con
   const int64_t s_to = eval_slot(to, n_eval, central);
   if (s_from >= 0 && s_from != s_to) {
     const Slot s = slots[s_from];
-    const ParamRef r = table[s.param];
-    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, s.saved);
+    write_bits(base(s.param), param_dtype(table[s.param]), s.offset, s.saved);
   }
   if (s_to >= 0) {
     const Slot s = slots[s_to];
-    const ParamRef r = table[s.param];
     const bool minus = central && (to % 2 == 1);
-    write_bits(reinterpret_cast<void*>(r.ptr), param_dtype(r), s.offset, minus ? s.minus : s.plus);
+    write_bits(base(s.param), param_dtype(table[s.param]), s.offset, minus ? s.minus : s.plus);
   }
+}
+COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, const ParamRef* table,
+                          const void* loss, DType loss_dtype, int64_t from, int64_t to,
+                          bool central) {
+  advance_eval(losses, n_eval, slots, table, TableBases{table}, loss, loss_dtype, from, to,
+               central);
 }
 
 // Ring slot s of a FIFO step: decay (or take the fresh estimate), then descend its
@@ -86,7 +146,7 @@ COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, con
 template <typename acc_t, typename coord_t>
 COCD_HD void fifo_entry(int64_t s, coord_t* coords, acc_t* vals, int64_t m, const acc_t* g,
                         int64_t B, const ParamRef* table, int64_t P, int64_t head, int64_t c,
-                        int64_t n, const GroupParams& groups) {
+                        int64_t n, const HyperRow* hyper) {
   const int64_t j = (s - head + m) % m;  // position in push order; < B: fresh
   int64_t i;
   acc_t v;
@@ -99,17 +159,15 @@ COCD_HD void fifo_entry(int64_t s, coord_t* coords, acc_t* vals, int64_t m, cons
     v = vals[s];
   }
   const ParamRef r = table[find_param(table, P, i)];
-  const int32_t gi = param_group(r);
-  if (j >= B && groups.momentum[gi] != 1.0) {
-    v = mul_rn(v, static_cast<acc_t>(groups.momentum[gi]));
-  }
+  const HyperRow h = hyper[param_group(r)];
+  if (j >= B && h.momentum != 1.0) v = mul_rn(v, static_cast<acc_t>(h.momentum));
   vals[s] = v;
-  const double lr = groups.lr[gi], wd = groups.weight_decay[gi];
   const DType dt = param_dtype(r);
   void* base = reinterpret_cast<void*>(r.ptr);
-  acc_t xi = load_as<acc_t>(base, dt, i - r.start);
-  if (wd != 0.0) xi = mul_rn(xi, static_cast<acc_t>(sub_rn(1.0, mul_rn(lr, wd))));
-  store_as<acc_t>(base, dt, i - r.start, sub_rn(xi, mul_rn(static_cast<acc_t>(lr), v)));
+  const acc_t xi = load_as<acc_t>(base, dt, i - r.start);
+  store_as<acc_t>(base, dt, i - r.start,
+                  descend(xi, v, static_cast<acc_t>(h.lr),
+                          decay_factor<acc_t>(h.lr, h.weight_decay), h.weight_decay != 0.0));
 }
 
 }  // namespace cocd

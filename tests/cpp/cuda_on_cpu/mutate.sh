@@ -28,7 +28,9 @@ cmake --build "$build" -j2 --target test_cuda_on_cpu >/dev/null
 mutations=(
   "dense: wrap off by one|dense_kernel(|j += n;|j += n - 1;"
   "dense: fresh-block bound off by one|dense_kernel(|if (j < B)|if (j <= B)"
-  "dense: no second grid-stride pass|dense_kernel(|i += static_cast<int64_t>(gridDim.x) * blockDim.x|i += len"
+  "dense: no second grid-stride pass|dense_kernel(|i += static_cast<int64_t>(gridDim.x) * blockDim.x|i += n"
+  "dense: a parameter's row kept one past its end|dense_kernel(|i >= r.start + r.numel|i > r.start + r.numel"
+  "dense: every group takes group 0's hyperparameters|dense_kernel(|hyper[param_group(r)]|hyper[0]"
   "fifo: grid stride of one block|fifo_kernel(|s += static_cast<int64_t>(gridDim.x) * blockDim.x|s += blockDim.x"
   "fifo: block pointer and ring head swapped|fifo_kernel(|c = counters[0], head = counters[1]|c = counters[1], head = counters[0]"
   "plan: one slot too many|plan_kernel(|j < B;|j <= B;"
@@ -36,7 +38,6 @@ mutations=(
   "advance: from and to swapped|cudaError_t advance(|loss_dtype, from, to,|loss_dtype, to, from,"
   "finite_difference: forward f+ off by one|finite_difference_kernel(|losses[j + 1]|losses[j]"
   "finite_difference: tree sum skips a level|finite_difference_kernel(|stride = kSumLanes / 2|stride = kSumLanes / 4"
-  "perturb_batch: wrong element perturbed|perturb_batch_kernel(|if (i == index[k])|if (i == index[k] + 1)"
   "finite_difference: plain add for atomicAdd (intra-block race, not detectable)|finite_difference_kernel(|atomicAdd(&n_bad, my_bad)|n_bad += my_bad"
 )
 blind="finite_difference: plain add for atomicAdd (intra-block race, not detectable)"

@@ -190,18 +190,16 @@ struct Model {
   }
 };
 
-GroupParams make_groups(int count) {
-  GroupParams g{};
-  g.count = count;
+// One HyperRow per group: no weight decay and momentum 1 (no decay), then both.
+std::vector<HyperRow> make_hyper(int count) {
   const double lr[] = {0.05, 0.3, 1e-3}, wd[] = {0.0, 0.05, 0.5}, eps[] = {1e-3, 0.02, 1e-9},
                mom[] = {1.0, 0.9, 0.5};
+  std::vector<HyperRow> rows(count);
   for (int i = 0; i < count; ++i) {
-    g.lr[i] = lr[i % 3];
-    g.weight_decay[i] = wd[i % 3];
-    g.eps[i] = eps[i % 3];  // 1e-9 rounds back to x in every dtype but fp64: h = 0
-    g.momentum[i] = mom[i % 3];
+    // eps 1e-9 rounds back to x in every dtype but fp64: h = 0.
+    rows[i] = HyperRow{lr[i % 3], wd[i % 3], eps[i % 3], mom[i % 3]};
   }
-  return g;
+  return rows;
 }
 
 std::vector<DType> mixed(int P) {
@@ -216,7 +214,7 @@ void test_plan() {
     const std::vector<int64_t> sizes = {13, 0, 40, 1, 27};
     const std::vector<DType> types = dt < 4 ? std::vector<DType>(5, kDTypes[dt]) : mixed(5);
     Model model(types, sizes, 3);
-    const GroupParams groups = make_groups(3);
+    const std::vector<HyperRow> hyper = make_hyper(3);
     for (bool central : {true, false}) {
       for (int64_t B : {int64_t{1}, int64_t{7}, int64_t{60}, model.n}) {
         for (int64_t c : {int64_t{0}, model.n - 3, integer(0, model.n - 1)}) {
@@ -228,9 +226,9 @@ void test_plan() {
           std::vector<Slot> cpu(static_cast<size_t>(B + 1), Slot{-7, -7, 7, 7, 7, 7.0});
           std::vector<Slot> gpu = cpu;
           const int64_t counters[3] = {c, 0, 0};
-          cpu::plan(cpu.data(), B, model.table[0].data(), 5, c, model.n, groups, central);
-          launched(cuda::plan(gpu.data(), B, model.table[1].data(), 5, counters, model.n, groups,
-                              central, nullptr),
+          cpu::plan(cpu.data(), B, model.table[0].data(), 5, c, model.n, hyper.data(), central);
+          launched(cuda::plan(gpu.data(), B, model.table[1].data(), 5, counters, model.n,
+                              hyper.data(), central, nullptr),
                    "plan");
           same_slots(where, cpu, gpu);
         }
@@ -246,11 +244,11 @@ void test_advance() {
     const std::vector<int64_t> sizes = {6, 9, 4};
     const std::vector<DType> types = dt < 4 ? std::vector<DType>(3, kDTypes[dt]) : mixed(3);
     Model model(types, sizes, 3);
-    const GroupParams groups = make_groups(3);
+    const std::vector<HyperRow> hyper = make_hyper(3);
     for (bool central : {true, false}) {
       const int64_t B = 8, c = model.n - 5;  // wraps around n
       std::vector<Slot> slots(B);
-      cpu::plan(slots.data(), B, model.table[0].data(), 3, c, model.n, groups, central);
+      cpu::plan(slots.data(), B, model.table[0].data(), 3, c, model.n, hyper.data(), central);
       const int64_t n_eval = central ? 2 * B : B + 1;
       std::vector<double> cpu(n_eval, -1.0), gpu(n_eval, -1.0);
       for (DType loss_dtype : kDTypes) {
@@ -320,57 +318,60 @@ void test_finite_difference() {
 }
 
 // ---------------------------------------------------------------------------- dense_update
+// Every parameter of the table in one call: the CPU kernel's loops per parameter
+// against the one multi-tensor launch, over n coordinates, with the block [c, c+B).
 template <typename acc_t>
-void dense_case(DType dtype, int64_t n, int64_t first, int64_t len, int64_t c, int64_t B, double lr,
-                double wd, double momentum, bool specials) {
-  std::vector<unsigned char> x_cpu(static_cast<size_t>(len * elem_size(dtype)));
-  std::vector<acc_t> v_cpu(len), g(B);
-  for (int64_t i = 0; i < len; ++i) {
-    store_as<double>(x_cpu.data(), dtype, i, value(specials));
-    v_cpu[i] = static_cast<acc_t>(value(specials));
-  }
+void dense_case(const std::vector<DType>& types, const std::vector<int64_t>& sizes, int groups,
+                int64_t c, int64_t B, bool specials) {
+  Model model(types, sizes, groups, specials);
+  const std::vector<HyperRow> hyper = make_hyper(groups);
+  const int64_t n = model.n, P = static_cast<int64_t>(types.size());
+  std::vector<acc_t> v_cpu(n), g(B);
+  for (acc_t& vi : v_cpu) vi = static_cast<acc_t>(value(specials));
   for (acc_t& gj : g) gj = static_cast<acc_t>(value(specials));
-  std::vector<unsigned char> x_gpu = x_cpu;
   std::vector<acc_t> v_gpu = v_cpu;
   const int64_t counters[3] = {c, 0, 0};
-  cpu::dense_update<acc_t>(x_cpu.data(), dtype, v_cpu.data(), len, first, g.data(), c, n, B, lr, wd,
-                           momentum);
-  launched(cuda::dense_update<acc_t>(x_gpu.data(), dtype, v_gpu.data(), len, first, g.data(),
-                                     counters, n, B, lr, wd, momentum, nullptr),
+  cpu::dense_update<acc_t>(model.table[0].data(), P, v_cpu.data(), g.data(), c, n, B, hyper.data());
+  launched(cuda::dense_update<acc_t>(model.table[1].data(), P, v_gpu.data(), g.data(), counters, n,
+                                     B, hyper.data(), nullptr),
            "dense_update");
-  const std::string where = std::string("dense_update ") + dtype_name(dtype) + " acc " +
-                            dtype_name(dtype_of<acc_t>()) + " n=" + std::to_string(n) +
-                            " first=" + std::to_string(first) + " len=" + std::to_string(len) +
-                            " c=" + std::to_string(c) + " B=" + std::to_string(B) +
-                            " momentum=" + std::to_string(momentum) + " wd=" + std::to_string(wd);
-  same_values(where + " x", x_cpu.data(), x_gpu.data(), dtype, len);
+  std::string kinds;
+  for (DType d : types) kinds += std::string(dtype_name(d)) + ",";
+  const std::string where = "dense_update [" + kinds + "] acc " + dtype_name(dtype_of<acc_t>()) +
+                            " groups=" + std::to_string(groups) + " n=" + std::to_string(n) +
+                            " c=" + std::to_string(c) + " B=" + std::to_string(B);
   same(where + " v", v_cpu, v_gpu);
+  model.compare(where);
 }
 
 void test_dense_update() {
-  // A parameter covering coordinates [300, 500) of n = 1000, and blocks before, across
-  // its start, inside, across its end, after it and wrapping around n onto it.
-  const int64_t n = 1000, first = 300, len = 200;
+  // Parameters covering [0, 300), [300, 500) and [500, 1000), and blocks before, across
+  // a boundary, inside, wrapping around n, and the whole vector.
+  const std::vector<int64_t> sizes = {300, 200, 500};
   const int64_t blocks[][2] = {{0, 10},    {250, 100}, {350, 20},   {450, 100}, {600, 50},
                                {950, 400}, {999, 1},   {990, 1000}, {0, 1000}};
-  for (DType dtype : kDTypes) {
+  for (int dt = 0; dt < 5; ++dt) {
+    const std::vector<DType> types = dt < 4 ? std::vector<DType>(3, kDTypes[dt]) : mixed(3);
     for (const auto& b : blocks) {
-      for (double momentum : {1.0, 0.9}) {
-        for (double wd : {0.0, 0.05}) {
-          const bool specials = b[0] % 2 == 0;
-          dense_case<float>(dtype, n, first, len, b[0], b[1], 0.05, wd, momentum, specials);
-          dense_case<double>(dtype, n, first, len, b[0], b[1], 0.05, wd, momentum, specials);
-        }
+      for (int groups : {1, 3}) {  // three groups: momentum 1, 0.9, 0.5; weight decay or not
+        const bool specials = b[0] % 2 == 0;
+        dense_case<float>(types, sizes, groups, b[0], b[1], specials);
+        dense_case<double>(types, sizes, groups, b[0], b[1], specials);
       }
     }
-    // The whole vector as one parameter, with the block wrapping around n.
-    dense_case<float>(dtype, 777, 0, 777, 700, 300, 0.1, 0.01, 0.9, true);
+  }
+  // Many small tensors of mixed dtypes, one of them empty, in three groups.
+  const std::vector<int64_t> small = {13, 0, 40, 1, 27, 5, 2, 30};
+  for (const int64_t c : {int64_t{0}, int64_t{100}, int64_t{117}}) {
+    dense_case<float>(mixed(8), small, 3, c, 25, true);
+    dense_case<double>(mixed(8), small, 3, c, 118, false);
   }
   if (kLarge) {
     // A second grid-stride pass, the block wrapping around n at the far end.
-    const int64_t big = kOnePass + 4099;
-    dense_case<float>(kHalf, big, 0, big, big - 1000, 3000, 0.05, 0.05, 0.9, true);
-    dense_case<double>(kBFloat16, big, 0, big, big - 1000, 3000, 0.05, 0.0, 0.5, false);
+    const int64_t half = kOnePass / 2;
+    dense_case<float>({kHalf, kFloat, kBFloat16}, {half, 3, half + 4099}, 3, 2 * half + 3099, 3000,
+                      true);
+    dense_case<double>({kBFloat16, kDouble}, {half + 7, half + 4000}, 2, 5, 3000, false);
   }
 }
 
@@ -380,7 +381,7 @@ void fifo_case(const std::vector<DType>& types, const std::vector<int64_t>& size
                int64_t B, int64_t head, int64_t c, bool specials) {
   const int groups_n = 3;
   Model model(types, sizes, groups_n, specials);
-  const GroupParams groups = make_groups(groups_n);
+  const std::vector<HyperRow> hyper = make_hyper(groups_n);
   const int64_t n = model.n, P = static_cast<int64_t>(types.size());
   // Ring entries hold distinct coordinates: the fresh block [c, c+B) mod n goes to the
   // B slots from head on; the other slots hold the coordinates before it.
@@ -396,11 +397,11 @@ void fifo_case(const std::vector<DType>& types, const std::vector<int64_t>& size
   std::vector<acc_t> vals_gpu = vals_cpu;
   const int64_t counters[3] = {c, head, 0};
   cpu::fifo_update<acc_t, coord_t>(coords_cpu.data(), vals_cpu.data(), m, g.data(), B,
-                                   model.table[0].data(), P, head, c, n, groups);
-  launched(
-      cuda::fifo_update<acc_t, coord_t>(coords_gpu.data(), vals_gpu.data(), m, g.data(), B,
-                                        model.table[1].data(), P, counters, n, groups, nullptr),
-      "fifo_update");
+                                   model.table[0].data(), P, head, c, n, hyper.data());
+  launched(cuda::fifo_update<acc_t, coord_t>(coords_gpu.data(), vals_gpu.data(), m, g.data(), B,
+                                             model.table[1].data(), P, counters, n, hyper.data(),
+                                             nullptr),
+           "fifo_update");
   const std::string where = std::string("fifo_update acc ") + dtype_name(dtype_of<acc_t>()) +
                             " coord " + std::to_string(8 * sizeof(coord_t)) +
                             " m=" + std::to_string(m) + " B=" + std::to_string(B) +
@@ -437,36 +438,6 @@ void test_fifo_update() {
   }
 }
 
-// ---------------------------------------------------------------------------- perturb_batch
-void perturb_case(DType dtype, int64_t numel, int64_t K, bool specials) {
-  const int64_t size = elem_size(dtype);
-  std::vector<unsigned char> x(static_cast<size_t>(numel * size));
-  for (int64_t i = 0; i < numel; ++i) store_as<double>(x.data(), dtype, i, value(specials));
-  std::vector<int64_t> index(K);
-  std::vector<double> delta(K);
-  for (int64_t k = 0; k < K; ++k) {
-    index[k] = integer(0, numel - 1);
-    delta[k] = k == 0 ? 0.0 : specials ? value() : uniform(-0.1, 0.1);
-  }
-  std::vector<unsigned char> cpu(static_cast<size_t>(K * numel * size), 0xab), gpu = cpu;
-  cpu::perturb_batch(cpu.data(), x.data(), dtype, numel, index.data(), delta.data(), K);
-  launched(cuda::perturb_batch(gpu.data(), x.data(), dtype, numel, index.data(), delta.data(), K,
-                               nullptr),
-           "perturb_batch");
-  same_values(std::string("perturb_batch ") + dtype_name(dtype) +
-                  " numel=" + std::to_string(numel) + " K=" + std::to_string(K),
-              cpu.data(), gpu.data(), dtype, K * numel);
-}
-
-void test_perturb_batch() {
-  for (DType dtype : kDTypes) {
-    for (int64_t numel : {1, 37, 1000}) {
-      for (int64_t K : {1, 5, 33}) perturb_case(dtype, numel, K, numel != 37);
-    }
-  }
-  if (kLarge) perturb_case(kBFloat16, kOnePass / 4 + 1, 4, true);  // a second pass
-}
-
 }  // namespace
 
 int main() {
@@ -475,7 +446,6 @@ int main() {
   test_finite_difference();
   test_dense_update();
   test_fifo_update();
-  test_perturb_batch();
   std::printf(
       "%lld launches of the emulated CUDA kernels, %lld output elements compared with the CPU "
       "kernels, %lld differ%s\n",

@@ -16,7 +16,7 @@ inline cudaError_t cudaDeviceSynchronize() { return hipDeviceSynchronize(); }
 inline const char* cudaGetErrorString(cudaError_t e) { return hipGetErrorString(e); }
 
 // HIP-CPU's GCC __global__ adds __attribute__((simd)), which warns on by-value struct
-// arguments (GroupParams); the kernels need no vector variants.
+// arguments; the kernels need no vector variants.
 #undef __global__
 #define __global__ __attribute__((flatten))
 
