@@ -111,8 +111,8 @@ def _register_fakes() -> None:
     def _(params, coords, vals, g, table, hyper, counters, n):
         acc(vals, "vals")
         torch._check(
-            coords.dtype == torch.int64 and coords.numel() == vals.numel(),
-            lambda: "coords must be int64, one per ring entry",
+            coords.dtype in (torch.int32, torch.int64) and coords.numel() == vals.numel(),
+            lambda: "coords must be int32 or int64, one per ring entry",
         )
         torch._check(g.dtype == vals.dtype, lambda: "g must have the ring's dtype")
         table_of(table, params)

@@ -118,10 +118,10 @@ class ReferenceEngine:
             coords = state.coords
             if any(hp.momentum != 1.0 for hp in hyper):
                 gammas = torch.tensor([hp.momentum for hp in hyper], dtype=v.dtype)
-                groups = torch.searchsorted(self._group_ends, coords, right=True)
+                groups = torch.searchsorted(self._group_ends, coords.long(), right=True)
                 v.mul_(gammas.to(v.device)[groups])
             slots = state.ring_slots(self._block_offsets)
-            coords[slots] = block  # push, evicting the oldest entries
+            coords[slots] = block.to(coords.dtype)  # push, evicting the oldest entries
             v[slots] = g
             for p, start, numel, gi in zip(
                 layout.params, layout.starts, layout.numels, layout.param_group, strict=True

@@ -78,7 +78,10 @@ class CoCDState:
         self.B, self.m, self.n = B, m, layout.n
         self.dense = m == layout.n
         self.v = torch.zeros(m, dtype=acc, device=dev)
-        self.coords = None if self.dense else torch.arange(m, device=dev)
+        # int32 ring coordinates while they fit (8 bytes per ring entry with a float32
+        # buffer, as in the C library), int64 beyond 2^31 coordinates.
+        coord_dtype = torch.int32 if layout.n < 2**31 else torch.int64
+        self.coords = None if self.dense else torch.arange(m, dtype=coord_dtype, device=dev)
         if init_grad is not None:
             self.v.copy_(init_grad)
         self.counters = StepCounters(dev, layout.n, m, B, self.dense)
@@ -90,7 +93,7 @@ class CoCDState:
     def reset(self) -> None:
         self.v.zero_()
         if self.coords is not None:
-            self.coords.copy_(torch.arange(self.m, device=self.coords.device))
+            self.coords.copy_(torch.arange(self.m, device=self.coords.device))  # same dtype
         self.counters.set(0, 0, 0)
 
     def state_dict(self) -> dict:

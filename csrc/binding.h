@@ -189,7 +189,9 @@ inline void check_fifo_update(at::TensorList params, const at::Tensor& coords,
   TORCH_CHECK_VALUE(vals.scalar_type() == at::kFloat || vals.scalar_type() == at::kDouble,
                     "vals must be float32 or float64, got ", vals.scalar_type());
   check_buffer(vals, vals.scalar_type(), -1, "vals");
-  check_buffer(coords, at::kLong, vals.numel(), "coords");
+  TORCH_CHECK_VALUE(coords.scalar_type() == at::kInt || coords.scalar_type() == at::kLong,
+                    "coords must be int32 or int64, got ", coords.scalar_type());
+  check_buffer(coords, coords.scalar_type(), vals.numel(), "coords");
   check_buffer(g, vals.scalar_type(), -1, "g");
   check_params(params, vals);
   check_on(table, vals, "the parameter table");

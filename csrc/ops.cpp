@@ -146,14 +146,19 @@ void fifo_update_cpu(at::TensorList params, at::Tensor& coords, at::Tensor& vals
   const int64_t c = binding::host_counter(counters, 0, n, "the block pointer c");
   const int64_t head = binding::host_counter(counters, 1, m, "the ring head");
   const ParamRef* t = rows.data();
-  if (vals.scalar_type() == at::kDouble) {
-    cpu::fifo_update<double, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m,
-                                      g.data_ptr<double>(), g.numel(), t, table.size(0), head, c, n,
-                                      h);
-  } else {
-    cpu::fifo_update<float, int64_t>(coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m,
-                                     g.data_ptr<float>(), g.numel(), t, table.size(0), head, c, n,
+  // Ring coordinates are int32 when n < 2^31 (the engine's choice), else int64.
+  auto run = [&](auto acc_zero, auto coord_zero) {
+    using acc_t = decltype(acc_zero);
+    using coord_t = decltype(coord_zero);
+    cpu::fifo_update<acc_t, coord_t>(coords.data_ptr<coord_t>(), vals.data_ptr<acc_t>(), m,
+                                     g.data_ptr<acc_t>(), g.numel(), t, table.size(0), head, c, n,
                                      h);
+  };
+  const bool wide = vals.scalar_type() == at::kDouble;
+  if (coords.scalar_type() == at::kInt) {
+    wide ? run(double{}, int32_t{}) : run(float{}, int32_t{});
+  } else {
+    wide ? run(double{}, int64_t{}) : run(float{}, int64_t{});
   }
   for (const auto& p : params) bump(p);
   bump(coords);

@@ -100,14 +100,19 @@ void fifo_update_cuda(at::TensorList params, at::Tensor& coords, at::Tensor& val
   const int64_t* k = binding::counters_of(counters, vals);
   const c10::cuda::CUDAGuard guard(vals.device());
   const ParamRef* t = binding::table_of(table);
-  if (vals.scalar_type() == at::kDouble) {
-    C10_CUDA_CHECK((cuda::fifo_update<double, int64_t>(
-        coords.data_ptr<int64_t>(), vals.data_ptr<double>(), m, g.data_ptr<double>(), g.numel(), t,
+  // Ring coordinates are int32 when n < 2^31 (the engine's choice), else int64.
+  auto run = [&](auto acc_zero, auto coord_zero) {
+    using acc_t = decltype(acc_zero);
+    using coord_t = decltype(coord_zero);
+    C10_CUDA_CHECK((cuda::fifo_update<acc_t, coord_t>(
+        coords.data_ptr<coord_t>(), vals.data_ptr<acc_t>(), m, g.data_ptr<acc_t>(), g.numel(), t,
         table.size(0), k, n, h, current_stream())));
+  };
+  const bool wide = vals.scalar_type() == at::kDouble;
+  if (coords.scalar_type() == at::kInt) {
+    wide ? run(double{}, int32_t{}) : run(float{}, int32_t{});
   } else {
-    C10_CUDA_CHECK((cuda::fifo_update<float, int64_t>(
-        coords.data_ptr<int64_t>(), vals.data_ptr<float>(), m, g.data_ptr<float>(), g.numel(), t,
-        table.size(0), k, n, h, current_stream())));
+    wide ? run(double{}, int64_t{}) : run(float{}, int64_t{});
   }
   for (const auto& p : params) bump(p);
   bump(coords);

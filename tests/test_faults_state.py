@@ -344,3 +344,25 @@ def test_reset_zeroes_init_grad(backend):
     opt = CoCD([x], lr=0.0, init_grad=torch.ones(4), backend=backend)
     opt.reset()
     assert torch.equal(opt._state.v, torch.zeros(4))
+
+
+def test_fifo_ring_is_8_bytes_an_entry_and_int64_checkpoints_still_load(backend):
+    """int32 ring coordinates (n < 2^31): 4 + 4 bytes per float32 entry, as in the C
+    library; a checkpoint saved with int64 coordinates resumes the same run bit for bit."""
+    opt, ps = make(backend, memory=5)
+    st = opt.state_dict()["state"]
+    assert st["coords"].dtype == torch.int32
+    assert st["coords"].element_size() + st["buffer"].element_size() == 8
+    for _ in range(3):
+        opt.step(lambda: objective(ps))
+    saved = opt.state_dict()
+    saved["state"]["coords"] = saved["state"]["coords"].to(torch.int64)  # an older format
+    twin, twin_ps = make(backend, memory=5)
+    for p, q in zip(twin_ps, ps, strict=True):
+        p.copy_(q)
+    twin.load_state_dict(saved)
+    assert twin.state_dict()["state"]["coords"].dtype == torch.int32
+    for _ in range(4):
+        opt.step(lambda: objective(ps))
+        twin.step(lambda: objective(twin_ps))
+    assert_same_state(twin, twin_ps, snapshot(opt, ps))
