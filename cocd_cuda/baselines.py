@@ -52,7 +52,6 @@ from .validation import finite_number
 __all__ = ["SPSA", "ZOSGD", "MeZO"]
 
 _MASK63 = (1 << 63) - 1
-_GROUP_OPTIONS = ("lr", "weight_decay")
 _GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant: distinct, well-spread chunk seeds
 
 
@@ -79,7 +78,8 @@ class _RandomDirectionZO(torch.optim.Optimizer):
     ):
         name = type(self).__name__
         defaults = dict(lr=lr, weight_decay=weight_decay)
-        validation.store_floats(defaults, _GROUP_OPTIONS, self._check_group(defaults, "defaults"))
+        hyper = self._check_group(defaults, "defaults")
+        validation.store_floats(defaults, validation.BASELINE_OPTIONS, hyper)
         eps = finite_number("eps", eps, "optimizer")
         if eps <= 0:
             raise ValueError(f"Invalid eps: {eps!r}; it must be > 0")
@@ -119,7 +119,7 @@ class _RandomDirectionZO(torch.optim.Optimizer):
         """Param group ``index`` checked, its values stored back as plain floats."""
         group = self.param_groups[index]
         hyper = self._check_group(group, f"param group {index}")
-        validation.store_floats(group, _GROUP_OPTIONS, hyper)
+        validation.store_floats(group, validation.BASELINE_OPTIONS, hyper)
         return hyper
 
     @property
@@ -148,10 +148,6 @@ class _RandomDirectionZO(torch.optim.Optimizer):
         if self._distribution == "rademacher":
             return torch.randint(0, 2, (length,), **kw).mul_(2).sub_(1)
         return torch.randn(length, **kw)
-
-    @staticmethod
-    def _flat(p: torch.Tensor) -> torch.Tensor:
-        return p.view(-1)
 
     def _evaluate(self, closure) -> torch.Tensor:
         return as_loss(closure(), self.device).to(self.device, torch.float64)
@@ -188,7 +184,7 @@ class _RandomDirectionZO(torch.optim.Optimizer):
         hyper, state = validation.baseline_state(state_dict, self)  # changes nothing
         super().load_state_dict({**state_dict, "state": {}})
         for group, values in zip(self.param_groups, hyper, strict=True):
-            validation.store_floats(group, _GROUP_OPTIONS, values)
+            validation.store_floats(group, validation.BASELINE_OPTIONS, values)
         self.eps, self.seed = state["eps"], state["seed"]
         self._seeds.set_state(state["seed_generator"])
         self._t, self.evaluations = state["step"], state["evaluations"]

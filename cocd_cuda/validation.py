@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 GROUP_OPTIONS = ("lr", "weight_decay", "eps", "momentum")
+BASELINE_OPTIONS = ("lr", "weight_decay")  # per param group in SPSA, ZO-SGD and MeZO
 OPTIMIZER_OPTIONS = (
     "compute_budget",
     "memory_budget",
