@@ -1,6 +1,7 @@
 """Greedy Coordinate Gradient (GCG) on discrete coordinates: a toy and a steering task.
 
-    python -m benchmarks.gcg [--seeds 5] [--targets 20] [--budget 20000]
+    python -m benchmarks.gcg [--seeds 5] [--targets 20] [--budget 20000] [--out DIR]
+    python -m benchmarks.gcg --replot RESULT.json   # redraw the plot of a result file
 
 1. The published toy: vocabulary 10,000, embedding dimension 4, E standard normal with
    token 0 embedded as the zero vector, G(x) = sum of squares of the embedded sequence,
@@ -13,12 +14,17 @@
    coordinate search over the full vocabulary, and random single-token swaps (kept
    when they lower the loss) each get the same budget of evaluated sequences.
 
-Writes ``benchmarks/results/gcg-cpu.json``.
+Writes the JSON to ``--out`` (a file path; default ``gcg-cpu.json`` in a new folder under
+``./cocd-results/``) and, next to it, a PNG of the loss against evaluated sequences for
+both experiments.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
 
 import torch
@@ -164,13 +170,71 @@ def steer(model: TinyLM, target: int, start: torch.Tensor, budget: int, seed: in
     return out
 
 
+def _median_curve(traces: list, grid: list[int]) -> list[float]:
+    """Per g: the median over runs of each run's best loss within g evaluations."""
+    out = []
+    for g in grid:
+        at = [min((f for e, f in t if e <= g), default=t[0][1]) for t in traces]
+        out.append(sorted(at)[len(at) // 2])
+    return out
+
+
+def plot(result: dict, path: str) -> None:
+    """Toy: every seed's GCG and coordinate-search losses; steering: the medians."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, t in enumerate(result["toy"]):
+        # each GCG iteration evaluates the same number of sequences (1 + the swaps of
+        # position 1; position 0 holds token 0 and proposes none), spread evenly
+        k = len(t["gcg_loss"]) - 1
+        per = (t["gcg_evaluations"] - 1) / k
+        xs = [1 + j * per for j in range(k + 1)]
+        ax1.plot(xs, t["gcg_loss"], color="C0", alpha=0.7, label="GCG (top_k 10)" * (i == 0))
+        e, f = zip(*t["coordinate_search_trace"], strict=True)
+        ax1.step(e, f, where="post", color="C1", alpha=0.7,
+                 label="coordinate search, full vocabulary" * (i == 0))  # fmt: skip
+    ax1.set(xlabel="evaluated sequences", ylabel="G(x) = sum of squares", xscale="log")
+    ax1.set_yscale("symlog", linthresh=1e-2)
+    ax1.set_ylim(bottom=0)
+    ax1.set_title(f"toy: V 10,000, d 4, start [0, 10] ({len(result['toy'])} seeds)", fontsize=10)
+    st = result["steering"]
+    grid = sorted({int(x) for x in torch.logspace(0, math.log10(st["budget"]), 60).tolist()})
+    names = {"gcg": "GCG (top_k 32)", "coordinate_search": "coordinate search",
+             "random_swaps": "random single swaps"}  # fmt: skip
+    for name, label in names.items():
+        traces = [r[name]["trace"] for r in st["runs"]]
+        hits = st["summary"][name]["hits"]
+        ax2.plot(grid, _median_curve(traces, grid),
+                 label=f"{label}: target reached {hits}/{len(traces)}")  # fmt: skip
+    ax2.set(xlabel="evaluated sequences", ylabel="target cross-entropy, best so far (median)",
+            xscale="log")  # fmt: skip
+    ax2.set_title(f"steering a random transformer (vocab {st['vocab']}, "
+                  f"{st['length']}-token prompt)", fontsize=10)  # fmt: skip
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gcg", description=__doc__)
     p.add_argument("--seeds", type=int, default=5, help="toy: embedding matrices")
     p.add_argument("--targets", type=int, default=20, help="steering: target tokens")
     p.add_argument("--budget", type=int, default=20_000, help="steering: sequences per method")
     p.add_argument("--out", default=None)
+    p.add_argument("--replot", default=None, help="only redraw the plot of this result file")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as fh:
+            plot(json.load(fh), os.path.splitext(args.replot)[0] + ".png")
+        return
     torch.set_num_threads(1)
 
     toys = [toy(s) for s in range(args.seeds)]
@@ -213,7 +277,8 @@ def main(argv=None) -> None:
         steering=dict(vocab=V, dim=dim, length=L, budget=args.budget, summary=summary,
                       runs=steering),
     )  # fmt: skip
-    common.write_result(result, args.out, "gcg-cpu.json")
+    out = common.write_result(result, args.out, "gcg-cpu.json")
+    plot(result, os.path.splitext(out)[0] + ".png")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """The paper's experiments as one command: CoCD against its peers, on real data, with plots.
 
     python -m benchmarks.paper --task {digits,sarcos,mnist,cifar10}
-        --optimizers cocd,bccd,spsa,zosgd,mezo,sgd --epochs N --device {cpu,cuda}
+        --optimizers cocd,bccd,spsa,zosgd,mezo,sgd,hybridcd,hybridcd-zo --epochs N
+        --device {cpu,cuda}
         [--seed S] [--out DIR] [--data DIR] [--max-steps-per-epoch K] ...
 
 Every optimizer starts from the same initial weights and sees the same mini-batches.
 Per step the zeroth-order methods get the same budget of function evaluations: CoCD and
 BCCD refresh B coordinates (2B evaluations, central differences), SPSA, ZO-SGD and MeZO
 average q = B random directions (2q = 2B evaluations). SGD (backprop, the first-order
-oracle) is counted as 1 evaluation per step (one forward + backward). Each step's
-evaluations all use one fixed mini-batch.
+oracle) is counted as 1 evaluation per step (one forward + backward). HybridCD
+(``cocd_cuda.baselines.HybridCD``, arXiv 2408.01374) spends what its line searches need:
+``hybridcd`` takes exact gradients (1 forward + backward, counted as 1, like SGD) and
+``hybridcd-zo`` central differences (2 evaluations per coordinate), each plus 2 per
+line-search point; its evaluations per step are counted as they happen and vary. Each
+step's evaluations all use one fixed mini-batch.
 
 Writes ``<out>/<task>-<device>.json`` (``<task>-<model>-<device>`` for a non-default
 model), a markdown table (``.md``) and two PNG plots (the metric against epochs and
@@ -40,8 +45,9 @@ from cocd_cuda import baselines
 from . import common, models
 from . import data as data_mod
 
-OPTIMIZERS = ("cocd", "bccd", "spsa", "zosgd", "mezo", "sgd")
+OPTIMIZERS = ("cocd", "bccd", "spsa", "zosgd", "mezo", "sgd", "hybridcd", "hybridcd-zo")
 RANDOM_PEERS = {"spsa": baselines.SPSA, "zosgd": baselines.ZOSGD, "mezo": baselines.MeZO}
+HYBRID = {"hybridcd": "exact", "hybridcd-zo": "zeroth"}  # name -> HybridCD's gradient
 
 # Paper settings (ICML 2026, main experiments: 50 epochs, batch 64 for SARCOS and 128 for
 # classification, aligned lr and weight decay across CoCD, BCCD and SGD). BCCD is CoCD with
@@ -138,7 +144,7 @@ PRESETS: dict[str, dict] = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.paper",
-        description="The paper's experiments: CoCD vs BCCD, SPSA, ZO-SGD, MeZO and SGD.",
+        description="The paper's experiments: CoCD vs BCCD, SPSA, ZO-SGD, MeZO, SGD and HybridCD.",
     )
     p.add_argument(
         "--preset",
@@ -173,6 +179,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--zo-lr", type=float, default=None, help="SPSA/ZO-SGD/MeZO lr (default: --lr)")
     p.add_argument("--zo-eps", type=float, default=DEFAULT_ZO_EPS, help="SPSA/ZO-SGD/MeZO radius")
     p.add_argument("--sgd-momentum", type=float, default=0.0)
+    p.add_argument("--hybrid-threshold", type=float, default=1e-2, help="HybridCD's threshold dw")
+    p.add_argument(
+        "--hybrid-alpha",
+        type=float,
+        default=1.0,
+        help="HybridCD's alpha (1: its gradient step is SGD's at the aligned --lr)",
+    )
     p.add_argument(
         "--sarcos-targets",
         default="standardised",
@@ -244,6 +257,8 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "sgd_momentum": args.sgd_momentum,
         "zo_eps": args.zo_eps,
     }
+    if any(name in HYBRID for name in args.optimizers):
+        s["hybrid_threshold"], s["hybrid_alpha"] = args.hybrid_threshold, args.hybrid_alpha
     if args.task == "sarcos":
         s["sarcos_targets"] = args.sarcos_targets
     s["bccd_eps"] = (
@@ -261,7 +276,10 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------------- training
 def make_optimizer(name: str, params, s: dict):
-    """(optimizer, function evaluations per step) for one optimizer name."""
+    """(optimizer, function evaluations per step) for one optimizer name.
+
+    HybridCD's evaluations per step vary: None, and they are read from its counter.
+    """
     params = list(params)
     if name in ("cocd", "bccd"):
         opt = cocd_cuda.CoCD(
@@ -290,6 +308,20 @@ def make_optimizer(name: str, params, s: dict):
             params, lr=s["lr"], momentum=s["sgd_momentum"], weight_decay=s["weight_decay"]
         )
         return opt, 1
+    if name in HYBRID:
+        # lr aligned with the others; eps (zeroth-order) is CoCD's coordinate radius.
+        # HybridCD has no weight decay: the run records 0 (see hyperparameters)
+        if s["weight_decay"]:
+            _say(f"  {name}: HybridCD has no weight decay; it trains without it")
+        opt = baselines.HybridCD(
+            params,
+            threshold=s["hybrid_threshold"],
+            alpha=s["hybrid_alpha"],
+            lr=s["lr"],
+            gradient=HYBRID[name],
+            eps=s["eps"],
+        )
+        return opt, None
     raise ValueError(name)
 
 
@@ -384,7 +416,7 @@ def train_one(
     # CoCD and BCCD evaluate their 2B points through the evaluation engine (layered or
     # batched, exact); the random peers perturb every coordinate, so they call a closure.
     objective = None
-    if name in ("cocd", "bccd"):
+    if name in ("cocd", "bccd", *HYBRID):  # HybridCD batches its line-search points
         objective = cocd_cuda.ModelObjective(
             model, loss_fn, x[:batch], y[:batch], strategy=s["strategy"]
         )
@@ -431,12 +463,13 @@ def train_one(
                     loss = loss.detach()
                 elif objective is not None:
                     objective.set_batch(xb, yb)  # one fixed mini-batch for the whole step
+                    before = getattr(opt, "evaluations", 0)
                     loss = opt.step(objective)
                 else:
                     loss = opt.step(lambda xb=xb, yb=yb: loss_fn(model(xb), yb))
                 loss_sum += loss.to(torch.float64)
                 done += 1
-                evaluations += per_step
+                evaluations += per_step if per_step is not None else opt.evaluations - before
                 bar.update(1)
         except FloatingPointError as err:
             status = f"diverged in epoch {epoch} (step {total_steps + done + 1}): non-finite loss"
@@ -480,6 +513,8 @@ def _record(name, per_epoch, metric, status, error, evaluations, per_step, total
             hyper) -> dict:  # fmt: skip
     """One optimizer's run as it goes into the JSON."""
     trained = [r for r in per_epoch if r["epoch"] > 0]
+    if per_step is None:  # varies (HybridCD): the mean so far
+        per_step = round(evaluations / total_steps, 1) if total_steps else None
     return {
         "optimizer": name,
         "metric": metric,
@@ -508,6 +543,12 @@ def hyperparameters(name: str, s: dict, opt) -> dict:
     if name in RANDOM_PEERS:
         return {"lr": s["zo_lr"], "weight_decay": wd, "eps": s["zo_eps"],
                 "num_directions": s["budget"], "seed": s["seed"]}  # fmt: skip
+    if name in HYBRID:
+        return {"lr": s["lr"], "weight_decay": 0.0, "threshold": opt.defaults["threshold"],
+                "alpha": opt.defaults["alpha"], "gradient": opt.gradient,
+                "eps": opt.eps if opt.gradient == "zeroth" else None, "tries": opt.tries,
+                "evaluation": "1 forward+backward counted as 1" if opt.gradient == "exact"
+                else "every closure value"}  # fmt: skip
     return {"lr": s["lr"], "weight_decay": wd, "momentum": s["sgd_momentum"],
             "evaluation": "1 forward+backward counted as 1"}  # fmt: skip
 
@@ -614,7 +655,8 @@ def markdown_table(result: dict) -> str:
         vals = [e[metric] for e in r["per_epoch"][1:] if finite(e.get(metric))]
         best = (min(vals) if lower else max(vals)) if vals else None
         last = r["per_epoch"][-1]
-        extra = " (1 = fwd+bwd)" if r["optimizer"] == "sgd" else ""
+        extra = {"sgd": " (1 = fwd+bwd)", "hybridcd": " (mean; 1 = fwd+bwd)",
+                 "hybridcd-zo": " (mean)"}.get(r["optimizer"], "")  # fmt: skip
         sec = r["seconds_per_epoch"]
         ok = r["status"] == "ok"
         test_loss = _fmt(last["test_loss"] if ok else None, "loss")
@@ -645,7 +687,7 @@ def plot(result: dict, stem: str) -> list[str]:
         for r in runs:
             rows = r["per_epoch"] if axis == "epoch" else r["per_epoch"][1:]
             label = r["optimizer"] + ("" if r["status"] == "ok" else " (diverged)")
-            if r["optimizer"] == "sgd" and axis == "evaluations":
+            if r["optimizer"] in ("sgd", "hybridcd") and axis == "evaluations":
                 label += " (1 eval = fwd+bwd)"
             te = [(e[axis], e[metric]) for e in rows if finite(e[metric])]
             tr = [(e[axis], e["train_loss"]) for e in rows if finite(e["train_loss"])]

@@ -56,6 +56,37 @@ def cache_root() -> str:
     return os.environ.get("COCD_CACHE_DIR") or os.path.join(base, "cocd_cuda")
 
 
+# What installs a C++ compiler, per platform (torch compiles with $CXX, else c++).
+INSTALL_COMPILER = (
+    "`sudo apt-get install g++` (Debian, Ubuntu), `sudo dnf install gcc-c++` (Fedora), "
+    "`xcode-select --install` (macOS) or `conda install -c conda-forge cxx-compiler`"
+)
+
+
+def missing_tools(ninja: bool) -> str | None:
+    """What compiling on first use lacks and the commands that install it, or None."""
+    cxx = os.environ.get("CXX")
+    compiler = shutil.which(cxx or "c++") is not None
+    if ninja and compiler:
+        return None
+    needs = [] if ninja else ["ninja (`pip install ninja`)"]
+    if not compiler and cxx:
+        needs.append(
+            f"a C++ compiler (CXX is set to `{cxx}`, which is not found: set CXX to an "
+            f"installed compiler, or unset it and install one: {INSTALL_COMPILER})"
+        )
+    elif not compiler:
+        needs.append(f"a C++ compiler (no `c++` is found; install one: {INSTALL_COMPILER})")
+    # setup.py builds without ninja (slower), never without a compiler
+    checkout = f" From a source checkout, `{BUILD_COMMAND}` builds it too." if compiler else ""
+    return (
+        f"the extension cocd_cuda._C is not built, and compiling it on first use needs "
+        f"{' and '.join(needs)}. Then import cocd_cuda again: it compiles once (about a "
+        f"minute) into {cache_root()}. Until then CoCD runs its pure-PyTorch reference "
+        f"implementation (the same steps, slower).{checkout}"
+    )
+
+
 def compile_on_first_use() -> str | None:
     """Load the extension from the cache, compiling it there first if needed.
 
@@ -90,20 +121,9 @@ def compile_on_first_use() -> str | None:
     if os.path.isfile(failed):
         with open(failed) as fh:
             return fh.read()
-    missing = [
-        what
-        for what, ok in (
-            ("ninja (`pip install ninja`)", cpp_extension.is_ninja_available()),
-            ("a C++ compiler (g++ or clang++)", shutil.which(os.environ.get("CXX", "c++"))),
-        )
-        if not ok
-    ]
-    if missing:
-        return (
-            "the extension cocd_cuda._C is not built, and compiling it on first use needs "
-            f"{' and '.join(missing)}; install that and import cocd_cuda again, or from a "
-            f"source checkout run `{BUILD_COMMAND}`"
-        )
+    reason = missing_tools(cpp_extension.is_ninja_available())
+    if reason is not None:
+        return reason
     os.makedirs(folder, exist_ok=True)
     print(
         f"cocd_cuda: compiling the native extension on first use into {folder} "

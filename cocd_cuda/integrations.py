@@ -5,7 +5,10 @@
   optimization runs ``training_step`` and ``backward()`` at each of a step's
   evaluations; CoCD skips those backward calls and warns once.
 - Hugging Face: ``CoCDTrainer``, a ``transformers.Trainer`` whose ``training_step``
-  takes the CoCD step with a closure that computes the loss (no backward).
+  takes the CoCD step. When the loss is the model's own (the Trainer's default
+  ``compute_loss``), a ``ModelObjective`` evaluates it (the batched strategy: one
+  vectorised call per tensor of the block); otherwise a closure calls
+  ``compute_loss`` (no backward).
 - skorch: ``CoCDNetMixin``, put before ``NeuralNet``/``NeuralNetClassifier``/... in
   the bases, whose ``train_step`` takes the CoCD step the same way.
 
@@ -21,6 +24,7 @@ import functools
 
 import torch
 
+from .objective import ModelObjective
 from .optimizer import CoCD
 
 # CoCDTrainer comes from the module __getattr__ (transformers is imported on first use).
@@ -105,6 +109,15 @@ class _SteppedInTrainingStep(torch.optim.Optimizer):
         return repr(self.cocd)
 
 
+def _identity(loss):
+    return loss
+
+
+def _model_loss(outputs):
+    """The loss a Hugging Face model returns, as ``Trainer.compute_loss`` reads it."""
+    return outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+
+
 @functools.cache
 def _trainer_class():
     import transformers
@@ -115,9 +128,38 @@ def _trainer_class():
         Pass ``optimizers=(CoCD(model.parameters(), ...), None)``, or nothing for a
         CoCD with ``args.learning_rate`` and ``args.weight_decay``. Each training step
         is one CoCD step on the batch, in eval mode; the loss is the Trainer's
-        ``compute_loss``. Gradient accumulation does not apply (CoCD takes no
-        gradients): ``gradient_accumulation_steps`` must be 1.
+        ``compute_loss``. While that is the Trainer's own (the model's loss, no label
+        smoothing, no ``compute_loss_func``, one process), a ``ModelObjective`` over
+        the model evaluates the step's points in vectorised calls; a subclass that
+        overrides ``compute_loss`` gets a closure calling it at every point.
+        Gradient accumulation does not apply (CoCD takes no gradients):
+        ``gradient_accumulation_steps`` must be 1.
         """
+
+        _cocd_objective = None  # the ModelObjective of the fast path, built on first use
+
+        def _fast_objective(self, model, inputs: dict, num_items_in_batch):
+            """A ModelObjective computing what compute_loss would, or None."""
+            default = type(self).compute_loss is transformers.Trainer.compute_loss
+            if not (
+                default
+                and self.label_smoother is None
+                and self.compute_loss_func is None
+                and self.accelerator.num_processes == 1  # no cross-process loss scaling
+                and all(name in inputs for name in self.label_names)  # the model's loss
+            ):
+                return None
+            inputs = dict(inputs)
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                inputs["num_items_in_batch"] = num_items_in_batch
+            obj = self._cocd_objective
+            if obj is None or obj.model is not model:
+                obj = self._cocd_objective = ModelObjective(
+                    model, _identity, inputs, strategy="batched", output=_model_loss
+                )
+            else:
+                obj.set_batch(inputs)
+            return obj
 
         def create_optimizer(self, model=None):
             if self.optimizer is None:
@@ -144,6 +186,7 @@ def _trainer_class():
                 )
             inputs = self._prepare_inputs(inputs)
             cocd = self.cocd
+            objective = self._fast_objective(model, inputs, num_items_in_batch)
 
             def closure():
                 with self.compute_loss_context_manager():
@@ -153,7 +196,7 @@ def _trainer_class():
                     )
 
             with eval_mode(model):
-                loss = cocd.step(closure)
+                loss = cocd.step(closure if objective is None else objective)
             return loss.detach().to(self.args.device, torch.float32)
 
     return CoCDTrainer

@@ -230,3 +230,38 @@ def test_state_dict_moves_between_single_process_and_ranks(dist_backend):
 def test_process_group_requires_initialised_distributed():
     with pytest.raises(RuntimeError, match="init_process_group"):
         CoCD([torch.zeros(3)], process_group=object())
+
+
+def _teardown_worker(rank, world, folder, rounds):
+    """The README's ending, repeated: steps, barrier, destroy_process_group, normal exit."""
+    torch.set_num_threads(1)
+    finals = []
+    for k in range(rounds):
+        store = os.path.join(folder, f"store{k}")
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        params = make_params()
+        opt = CoCD(params, lr=0.05, compute_budget=4, process_group=dist.group.WORLD)
+        f = objective(params)
+        for _ in range(k):  # round 0 ends right after construction's broadcast
+            opt.step(f)
+        dist.barrier()  # every rank is past CoCD's last collective before any tears down
+        dist.destroy_process_group()
+        assert not dist.is_initialized()
+        finals.append(torch.cat([p.reshape(-1) for p in params]))
+    torch.save(finals, os.path.join(folder, f"teardown{rank}.pt"))
+    # no os._exit: the process ends through the interpreter's own teardown
+
+
+def test_the_documented_teardown_ends_every_rank_cleanly():
+    rounds = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        # mp.spawn raises if a rank exits with a non-zero code or a signal (SIGABRT)
+        mp.spawn(_teardown_worker, args=(2, tmp, rounds), nprocs=2, join=True)
+        finals = [torch.load(os.path.join(tmp, f"teardown{r}.pt")) for r in range(2)]
+    for k in range(rounds):
+        params = make_params()
+        opt = CoCD(params, lr=0.05, compute_budget=4)
+        for _ in range(k):
+            opt.step(objective(params))
+        expected = torch.cat([p.reshape(-1) for p in params])
+        assert torch.equal(finals[0][k], expected) and torch.equal(finals[1][k], expected)

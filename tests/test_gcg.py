@@ -66,3 +66,24 @@ def test_batch_size_does_not_change_the_run():
 def test_bad_input(tokens, kw, match):
     with pytest.raises(ValueError, match=match):
         GCG(E, sum_of_squares, tokens, **kw)
+
+
+def test_benchmark_plot_curves_and_replot(tmp_path):
+    """The plot's steering curve: per budget, the median of each run's best so far."""
+    import json
+
+    from benchmarks import gcg as bench
+
+    traces = [[(1, 5.0), (10, 3.0)], [(1, 4.0), (5, 1.0)], [(1, 6.0), (20, 2.0)]]
+    assert bench._median_curve(traces, [1, 5, 10, 20]) == [5.0, 5.0, 3.0, 2.0]
+    toy = {"gcg_loss": [5.0, 1.0, 2.0], "gcg_evaluations": 23,
+           "coordinate_search_trace": [[1, 5.0], [11, 0.0]]}  # fmt: skip
+    runs = [{m: {"trace": t} for m in ("gcg", "coordinate_search", "random_swaps")}
+            for t in traces]  # fmt: skip
+    summary = {m: {"hits": 1} for m in ("gcg", "coordinate_search", "random_swaps")}
+    result = {"toy": [toy], "steering": {"vocab": 9, "length": 2, "budget": 20,
+                                         "runs": runs, "summary": summary}}  # fmt: skip
+    path = tmp_path / "gcg-cpu.json"
+    path.write_text(json.dumps(result))
+    bench.main(["--replot", str(path)])
+    assert (tmp_path / "gcg-cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

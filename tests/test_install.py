@@ -86,6 +86,56 @@ def test_without_ninja_says_what_to_install(tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)  # nothing cached: the next import tries again
 
 
+def test_without_a_compiler_says_what_to_run(tmp_path, monkeypatch):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(_build.shutil, "which", lambda name: None)  # no compiler anywhere
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("COCD_CACHE_DIR", str(tmp_path))
+    reason = _build.compile_on_first_use()
+    assert "needs a C++ compiler (no `c++` is found; install one: " in reason
+    for command in (
+        "`sudo apt-get install g++`",
+        "`sudo dnf install gcc-c++`",
+        "`xcode-select --install`",
+        "`conda install -c conda-forge cxx-compiler`",
+    ):
+        assert command in reason  # fmt: skip
+    assert f"import cocd_cuda again: it compiles once (about a minute) into {tmp_path}" in reason
+    assert "reference implementation" in reason
+    assert _build.BUILD_COMMAND not in reason  # it needs the compiler too
+    assert "ninja" not in reason
+    assert not os.listdir(tmp_path)  # nothing cached: the next import tries again
+
+
+def test_an_unbuilt_package_with_a_missing_cxx_names_it(tmp_path):
+    """End to end: no _C, CXX naming no program; the import works on the reference
+    engine, and CoCD's warning says what to change."""
+    root = _package_copy(tmp_path)
+    probe = (
+        "import warnings, torch, unbuilt\n"
+        "print(unbuilt.backends.available())\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    opt = unbuilt.CoCD([torch.zeros(3)], lr=0.1)\n"
+        "print(opt.backend)\n"
+        "print(w[0].message)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(root), COCD_CACHE_DIR=str(tmp_path / "cache"),
+               CXX="no-such-compiler-here")  # fmt: skip
+    env.pop("COCD_NO_EXT", None)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    available, backend, message = out.stdout.splitlines()[:3]
+    assert (available, backend) == ("['reference']", "reference")
+    assert message.startswith("cocd_cuda: running the reference implementation: the extension")
+    assert "CXX is set to `no-such-compiler-here`, which is not found" in message
+    assert "`sudo apt-get install g++`" in message
+    assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
+
+
 def test_without_sources_says_what_to_run(monkeypatch):
     monkeypatch.setattr(_build, "source_dir", lambda: None)
     reason = _build.compile_on_first_use()

@@ -205,6 +205,41 @@ def test_hf_trainer_matches_the_plain_loop(tmp_path):
     assert model.training  # eval mode only during the step
 
 
+def hf_train(tmp_path, cls):
+    """Train tiny_gpt2 with ``cls``; (its parameters, model forward calls per step)."""
+    rows = [{k: v[i] for k, v in token_batch().items()} for i in range(4)]
+    model = tiny_gpt2()
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    opt = CoCD(model.parameters(), lr=LR, compute_budget=B)
+    trainer = cls(model=model, args=hf_args(tmp_path), train_dataset=rows, optimizers=(opt, None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's vmap fallback notice for attention
+        trainer.train()
+    assert opt.step_count == STEPS
+    return trainer, [p.detach().clone() for p in model.parameters()], calls[0]
+
+
+def test_hf_trainer_keeps_the_fast_path(tmp_path):
+    """The Trainer's own loss goes through a ModelObjective: one vectorised model call
+    per tensor a block touches (at most 2 here), not one per evaluation (2B); a
+    subclass with its own compute_loss gets the closure, with the same result."""
+    from cocd_cuda.integrations import CoCDTrainer
+
+    class OwnLoss(CoCDTrainer):
+        def compute_loss(self, model, inputs, **kw):
+            return super().compute_loss(model, inputs, **kw)
+
+    fast, fast_params, fast_calls = hf_train(tmp_path / "fast", CoCDTrainer)
+    assert fast._cocd_objective.strategy == "batched"
+    assert fast_calls <= 1 + 2 * STEPS  # 1: the objective's check at construction
+    slow, slow_params, slow_calls = hf_train(tmp_path / "closure", OwnLoss)
+    assert slow._cocd_objective is None
+    assert slow_calls == 2 * B * STEPS
+    for p, q in zip(fast_params, slow_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def test_hf_trainer_builds_its_cocd_and_refuses_accumulation(tmp_path):
     from cocd_cuda.integrations import CoCDTrainer
 

@@ -1,5 +1,6 @@
 """The paper benchmark command on a tiny budget, and its models (benchmarks/paper.py)."""
 
+import itertools
 import json
 import os
 
@@ -269,3 +270,43 @@ def test_sarcos_sweep_validates_on_training_rows_only():
     torques = np.concatenate([fit[:, 21:], val[:, 21:]]).astype(np.float32)
     assert key(torques) == key(ds.y_train.numpy())  # exactly the training rows
     assert not set(key(val[:, 21:].astype(np.float32))) & set(key(ds.y_test.numpy()))
+
+
+# ----------------------------------------------------------------------- HybridCD as a peer
+def test_hybridcd_without_line_searches_is_sgd(tmp_path):
+    """At a threshold no gradient is below and alpha 1, HybridCD is SGD at the same lr.
+
+    Every coordinate then takes x - alpha lr g: the run must repeat SGD's on the same
+    batches from the same weights, which checks lr, alpha and the batches it is given.
+    """
+    result = run(tmp_path, "--hybrid-threshold", "1e-30", "--hybrid-alpha", "1",
+                 optimizers="sgd,hybridcd")  # fmt: skip
+    sgd, hybrid = result["runs"]
+    assert hybrid["status"] == "ok" and hybrid["steps"] == 6
+    for key in ("test_loss", "test_accuracy"):
+        assert [e[key] for e in hybrid["per_epoch"]] == pytest.approx(
+            [e[key] for e in sgd["per_epoch"]], rel=1e-5, abs=1e-6
+        ), key
+    assert hybrid["per_epoch"][-1]["test_loss"] != hybrid["per_epoch"][0]["test_loss"]
+    h = hybrid["hyperparameters"]
+    assert (h["lr"], h["alpha"], h["threshold"], h["gradient"]) == (0.05, 1.0, 1e-30, "exact")
+
+
+def test_hybridcd_counts_its_evaluations_and_lowers_the_loss(tmp_path):
+    result = run(tmp_path, "--weight-decay", "1e-4", optimizers="hybridcd,hybridcd-zo")
+    n = result["settings"]["parameters"]
+    for r in result["runs"]:
+        rows = r["per_epoch"]
+        assert r["status"] == "ok" and r["steps"] == 6
+        # trained: the test loss falls below the initial weights'
+        assert rows[-1]["test_loss"] < rows[0]["test_loss"]
+        # per step: the gradient (1 fwd+bwd, or f(x) and 2 differences per weight) and
+        # 2 points per line-searched coordinate, counted as they happen
+        least = 1 if r["optimizer"] == "hybridcd" else 1 + 2 * n
+        evals = [e["evaluations"] for e in rows]
+        assert evals[0] == 0 and evals[-1] == r["evaluations"]
+        assert all(b - a >= 3 * least for a, b in itertools.pairwise(evals))
+        assert r["evaluations_per_step"] == round(r["evaluations"] / 6, 1)
+        assert r["evaluations_per_step"] > least  # line searches ran (threshold 1e-2)
+        assert r["hyperparameters"]["weight_decay"] == 0.0  # HybridCD has none
+    assert result["runs"][1]["hyperparameters"]["eps"] == result["settings"]["eps"]
