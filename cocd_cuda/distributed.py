@@ -69,6 +69,10 @@ class Share:
         status = torch.tensor([0.0 if failure is None else 1.0], dtype=torch.float64)
         buf = torch.cat([losses.to(torch.float64), status.to(device)])
         work = dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        # Held until the next collective, so that this process, not a backend thread,
+        # drops the last reference to a collective's tensors: one released by a gloo
+        # worker thread during interpreter shutdown can abort the process.
+        self._held = (work, buf)
         try:
             work.wait(datetime.timedelta(seconds=self.timeout))
         except RuntimeError as exc:
@@ -91,9 +95,11 @@ class Share:
     def broadcast(self, params: list[torch.Tensor]) -> None:
         """Start every rank from rank 0's parameters (the only broadcast ever made)."""
         src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        held = []
         with torch.no_grad():
             for p in params:
                 buf = p.detach().contiguous()  # p's own storage when p is contiguous
-                dist.broadcast(buf, src=src, group=self.group)
+                held.append((dist.broadcast(buf, src=src, group=self.group), buf))
                 if buf.data_ptr() != p.data_ptr():
                     p.copy_(buf)
+        self._held = held  # as in gather
