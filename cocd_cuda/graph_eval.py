@@ -375,11 +375,17 @@ class GraphEvaluator:
         return self.key != _key(self.net, inputs)
 
     def _tensor(self, kind: str, target: str):
+        """The model's tensor behind a graph input, as it is now (never a stored copy)."""
         if kind == "PARAMETER":
             return self.net.get_parameter(target)
         if kind == "BUFFER":
             return self.net.get_buffer(target)
-        return self.ep.constants[target]
+        owner, _, name = target.rpartition(".")  # a plain tensor attribute, perhaps reassigned
+        try:
+            value = getattr(self.net.get_submodule(owner), name)
+        except AttributeError:
+            value = None
+        return value if isinstance(value, torch.Tensor) else self.ep.constants[target]
 
     def placeholders(self, p: torch.Tensor) -> list[fx.Node]:
         """The graph inputs that read parameter p (several if it is tied)."""

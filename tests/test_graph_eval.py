@@ -223,3 +223,27 @@ def test_unsupported_models_fall_back_with_the_reason(model, reason):
         with pytest.warns(UserWarning, match=f"using the batched strategy .*{reason}"):
             obj = ModelObjective(model, lambda out: out.square().mean(), x)
         assert obj.strategy == "batched"
+
+
+class Shifted(nn.Module):
+    """Reads a plain tensor attribute and a tensor made in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2).double()
+        self.shift = torch.ones(2, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.lin(x) + self.shift * torch.tensor(2.0, dtype=torch.float64)
+
+
+def test_tensor_attributes_are_read_as_they_are_now():
+    model, x = Shifted(), torch.randn(4, 3, dtype=torch.float64)
+    graph = ModelObjective(model, lambda out: out.square().mean(), x)
+    seq = ModelObjective(model, lambda out: out.square().mean(), x, strategy="sequential")
+    model.shift = torch.full((2,), 3.0, dtype=torch.float64)  # reassigned after the capture
+    opt = CoCD(model.parameters(), compute_budget=10**6, eps=1e-3)
+    block = opt._engine.block([GroupHyper(0.1, 0.0, 1e-3, 1.0)])
+    expected = seq.evaluate_block(block)
+    torch.testing.assert_close(graph.evaluate_block(block), expected, rtol=0, atol=1e-12)
+    assert graph.strategy == "graph"
