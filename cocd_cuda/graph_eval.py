@@ -474,6 +474,9 @@ class GraphEvaluator:
             else:
                 leaves.append(base.env[leaf.node] if isinstance(leaf, _Ref) else leaf)
                 dims.append(None)
+        if 0 not in dims:  # p does not reach the output: every point is f(x)
+            f0 = loss(pytree.tree_unflatten(leaves, self._out_spec))
+            return f0.reshape(()).expand(K)
         return self._per_point(loss, leaves, dims, K)
 
     def _enter(self, node, source, base, moved, elems, values, base_values):

@@ -45,6 +45,7 @@ class Mixed(nn.Module):
         self.norm = nn.LayerNorm(8)
         self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 13))
         self.head = nn.Linear(13, 3)
+        self.unused = nn.Parameter(torch.zeros(2))  # f does not depend on it
 
     def forward(self, x):
         r = F.relu(self.lin1(x))
