@@ -1,7 +1,7 @@
 """The ``"graph"`` strategy of ``ModelObjective``: layered evaluation over the model's graph.
 
 The model is captured once as a graph of ATen operations (``torch.export``, re-captured
-when the input shapes or the modules' train/eval modes change). Each evaluation call
+when the input shapes or the modules' modes or dtypes change). Each evaluation call
 runs the graph once on the current parameters and keeps every node's value (the base
 activations; never reused across calls, so a step always sees the parameters as they
 are now). For the K points that move one parameter tensor, only the nodes downstream
@@ -371,7 +371,7 @@ class GraphEvaluator:
         return None
 
     def stale(self, inputs) -> bool:
-        """Whether the graph was captured for other input shapes or module modes."""
+        """Whether the graph was captured for other input shapes, module modes or dtypes."""
         return self.key != _key(self.net, inputs)
 
     def _tensor(self, kind: str, target: str):
@@ -570,4 +570,5 @@ def _key(net: nn.Module, inputs) -> tuple:
         for t in leaves
     )
     modes = tuple(m.training for m in net.modules())
-    return (str(spec), shapes, modes)
+    kinds = tuple((t.dtype, t.device) for t in (*net.parameters(), *net.buffers()))
+    return (str(spec), shapes, modes, kinds)

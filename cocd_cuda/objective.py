@@ -313,7 +313,7 @@ class ModelObjective:
     def begin_points(self) -> list[torch.Tensor] | Base | None:
         """Per-step work shared by every point: the activations of the current parameters."""
         if self.strategy == "graph":
-            if self._graph.stale(self.inputs):  # new input shapes or train/eval modes
+            if self._graph.stale(self.inputs):  # new input shapes, modes or dtypes
                 self._graph, problem = GraphEvaluator.build(self._net, self.inputs)
                 if problem is not None:
                     warnings.warn(
