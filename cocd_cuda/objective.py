@@ -12,8 +12,11 @@ it and asks for all of a step's points at once (``evaluate_block``), through one
   exact rank-one change (a weight moves one output channel by delta times its input,
   a bias moves one channel by delta), and only the later layers run, on the stacked
   perturbed activations;
+- ``"graph"``: the same idea for any model ``torch.export`` can capture (residual
+  additions, concatenations, attention, functional calls): only the operations
+  downstream of the perturbed parameter run again (``graph_eval``);
 - ``"sequential"``: the plain closure path (perturb in place, call, restore);
-- ``"auto"``: layered where the model allows, else batched.
+- ``"auto"``: layered where the model allows, else graph, else batched.
 
 Every strategy computes f at exactly the points the sequential path uses (no Taylor
 expansion); results agree with it up to floating-point rounding.
@@ -29,8 +32,9 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 from .evaluation import Block, is_sync_error, n_evals, points
+from .graph_eval import Base, GraphEvaluator
 
-STRATEGIES = ("auto", "batched", "layered", "sequential")
+STRATEGIES = ("auto", "batched", "graph", "layered", "sequential")
 
 # Layers the layered strategy runs as they are: no parameters, row-independent.
 _PASSTHROUGH = (
@@ -165,12 +169,17 @@ class ModelObjective:
         problem = _layered_problem(self._layers) if one_tensor else "the inputs are not one tensor"
         if strategy == "layered" and problem is not None:
             raise ValueError(f"strategy='layered' cannot run this model: {problem}")
+        self._graph, graph_problem = None, None
+        if strategy == "graph" or (strategy == "auto" and problem is not None):
+            self._graph, graph_problem = GraphEvaluator.build(self._net, inputs)
+        if strategy == "graph" and graph_problem is not None:
+            raise ValueError(f"strategy='graph' cannot run this model: {graph_problem}")
         if strategy == "auto":
-            strategy = "layered" if problem is None else "batched"
-            if problem is not None:
+            strategy = "layered" if problem is None else "graph" if self._graph else "batched"
+            if strategy == "batched":
                 warnings.warn(
-                    f"ModelObjective: using the batched strategy ({problem}; layered "
-                    f"supports {LAYERED_SUPPORT})",
+                    f"ModelObjective: using the batched strategy (layered: {problem}; graph: "
+                    f"{graph_problem}; layered supports {LAYERED_SUPPORT})",
                     stacklevel=2,
                 )
         self.strategy = strategy
@@ -280,15 +289,31 @@ class ModelObjective:
         """Whether points that move p are evaluated by the layered or batched strategy."""
         if self.strategy == "layered" and id(p) in self._owner:
             return True
+        if self.strategy == "graph":  # a parameter the graph does not read: sequential
+            return id(p) in self._names and bool(self._graph.placeholders(p))
         return self.strategy in ("batched", "layered") and id(p) in self._names
 
-    def begin_points(self) -> list[torch.Tensor] | None:
-        """Per-step work shared by every point: the layered strategy's activations."""
+    def begin_points(self) -> list[torch.Tensor] | Base | None:
+        """Per-step work shared by every point: the activations of the current parameters."""
+        if self.strategy == "graph":
+            if self._graph.stale(self.inputs):  # new input shapes, modes or dtypes
+                self._graph, problem = GraphEvaluator.build(self._net, self.inputs)
+                if problem is not None:
+                    warnings.warn(
+                        f"ModelObjective: using the batched strategy from now on ({problem})",
+                        stacklevel=3,
+                    )
+                    self.strategy = "batched"
+                    return None
+            return self._graph.base(self.inputs)
         return self._activations() if self.strategy == "layered" else None
 
-    def unperturbed(self, acts: list[torch.Tensor] | None) -> torch.Tensor:
+    def unperturbed(self, acts: list[torch.Tensor] | Base | None) -> torch.Tensor:
         """f(x), from the activations when there are some."""
-        f0 = self._loss(acts[-1]) if acts is not None else self()
+        if isinstance(acts, Base):
+            f0 = self._loss(self._graph.output(acts))
+        else:
+            f0 = self._loss(acts[-1]) if acts is not None else self()
         return f0.detach().reshape(())
 
     def point_losses(self, p, elems, values, base, acts) -> torch.Tensor:
@@ -303,6 +328,12 @@ class ModelObjective:
                 lambda sl: self._layered(owner, elems[sl], values[sl] - base[sl], acts),
                 elems.numel(),
                 self._bytes_from(owner[0], acts) + 8,
+            )
+        if self.strategy == "graph":
+            return self._chunked(
+                lambda sl: self._graph.losses(p, elems[sl], values[sl], base[sl], acts, self._loss),
+                elems.numel(),
+                self._graph.bytes_per_point(p, acts),
             )
         per_point = p.numel() * p.element_size() + self._forward_bytes()
         return self._chunked(

@@ -164,7 +164,7 @@ def tiny_model(seed=0):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("strategy", ["layered", "batched"])
+@pytest.mark.parametrize("strategy", ["layered", "batched", "graph"])
 def test_graphed_model_objective_evaluates_blocks_like_sequential(mode, strategy):
     """The device-driven block evaluation (what each graph replays) on CPU."""
     models = [tiny_model(), tiny_model()]
