@@ -10,7 +10,8 @@ from torch.nn import functional as F
 
 from benchmarks.models import ResNet20
 from cocd_cuda import CoCD, ModelObjective
-from cocd_cuda.reference import GroupHyper
+from cocd_cuda.evaluation import Block
+from cocd_cuda.layout import ParamLayout
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,6 +56,13 @@ class Mixed(nn.Module):
         h = self.norm(h)
         h = torch.cat([h, x], dim=1).view(x.shape[0], 13)
         return self.head(F.gelu(h) * self.scale)
+
+
+def block_at(opt, c: int, eps: float = 1e-3) -> Block:
+    """The points of ``opt``'s step whose block starts at coordinate c."""
+    eps_all = [eps] * len(opt.param_groups)
+    layout = ParamLayout(opt.param_groups)
+    return Block.at(layout, c, opt.compute_budget, eps_all, opt.central_difference)
 
 
 def randomise(model, seed=3):
@@ -146,8 +154,7 @@ def test_points_equal_sequential(name, B, starts, central):
     for k, start in enumerate(starts):
         if len(starts) > 1 and k % 2 != central:
             continue
-        opt._engine.c = start % n
-        block = opt._engine.block([GroupHyper(0.1, 0.0, 1e-3, 1.0)])
+        block = block_at(opt, start % n)
         tensors |= {run.param for run in block.runs}
         expected = seq.evaluate_block(block)
         torch.testing.assert_close(graph.evaluate_block(block), expected, rtol=0, atol=1e-10)
@@ -191,7 +198,7 @@ def test_new_batch_shape_is_recaptured():
     for obj in (graph, seq):
         obj.set_batch(x, torch.tensor([2, 0, 1]))
     opt = CoCD(model.parameters(), compute_budget=10**6, eps=1e-3, central_difference=False)
-    block = opt._engine.block([GroupHyper(0.1, 0.0, 1e-3, 1.0)])
+    block = block_at(opt, 0)
     expected = seq.evaluate_block(block)
     torch.testing.assert_close(graph.evaluate_block(block), expected, rtol=0, atol=1e-10)
     assert graph.strategy == "graph"
@@ -244,7 +251,7 @@ def test_tensor_attributes_are_read_as_they_are_now():
     seq = ModelObjective(model, lambda out: out.square().mean(), x, strategy="sequential")
     model.shift = torch.full((2,), 3.0, dtype=torch.float64)  # reassigned after the capture
     opt = CoCD(model.parameters(), compute_budget=10**6, eps=1e-3)
-    block = opt._engine.block([GroupHyper(0.1, 0.0, 1e-3, 1.0)])
+    block = block_at(opt, 0)
     expected = seq.evaluate_block(block)
     torch.testing.assert_close(graph.evaluate_block(block), expected, rtol=0, atol=1e-12)
     assert graph.strategy == "graph"
