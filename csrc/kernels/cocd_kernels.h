@@ -72,6 +72,15 @@ COCD_HD int64_t eval_slot(int64_t k, int64_t n_eval, bool central) {
   return central ? k / 2 : k - 1;
 }
 
+// Whether evaluation k is at x - eps (central only).
+COCD_HD bool eval_minus(int64_t k, bool central) { return central && k % 2 == 1; }
+
+// The evaluation of slot j at x + eps (``minus``: x - eps, central only): eval_slot's
+// inverse. These three functions are the evaluation layout on the kernel side.
+COCD_HD int64_t eval_index(int64_t j, bool minus, bool central) {
+  return central ? 2 * j + (minus ? 1 : 0) : j + 1;
+}
+
 // ---------------------------------------------------------------------------- CPU
 namespace cpu {
 

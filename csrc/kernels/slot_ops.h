@@ -80,8 +80,8 @@ template <typename acc_t>
 COCD_HD Estimate<acc_t> fd_estimate(const double* losses, const Slot* slots, int64_t j,
                                     bool central) {
   Estimate<acc_t> e;
-  e.fp = central ? losses[2 * j] : losses[j + 1];
-  e.fm = central ? losses[2 * j + 1] : losses[0];
+  e.fp = losses[eval_index(j, false, central)];
+  e.fm = central ? losses[eval_index(j, true, central)] : losses[0];  // forward: f(x)
   const double h = slots[j].h;
   e.g = h != 0.0 ? static_cast<acc_t>(div_rn(sub_rn(e.fp, e.fm), h)) : acc_t(0);
   e.finite = finite(e.g) && finite(e.fp) && finite(e.fm);
@@ -130,7 +130,7 @@ COCD_HD void advance_eval(double* losses, int64_t n_eval, const Slot* slots, con
   }
   if (s_to >= 0) {
     const Slot s = slots[s_to];
-    const bool minus = central && (to % 2 == 1);
+    const bool minus = eval_minus(to, central);
     write_bits(base(s.param), param_dtype(table[s.param]), s.offset, minus ? s.minus : s.plus);
   }
 }
