@@ -33,7 +33,7 @@ from .evaluation import (
     n_evals,
     nonfinite_error,
     perturbed,
-    slot_of,
+    points_of,
 )
 from .layout import as_loss
 from .ops import LOAD_ERROR, unsupported  # noqa: F401  (LOAD_ERROR: part of this module's API)
@@ -224,15 +224,14 @@ class NativeEngine:
         values: list[float] = []
         held = -1  # the slot whose coordinate x holds perturbed now
         try:
-            for k in evals:
-                j = slot_of(k, central)
+            for j, minus_side in points_of(evals, central):
                 if held >= 0 and held != j:
                     param, offset, saved = rows[held][:3]
                     bits[param][offset] = saved
                     held = -1
                 if j >= 0:
                     param, offset, _, plus, minus = rows[j][:5]
-                    bits[param][offset] = minus if central and k % 2 else plus
+                    bits[param][offset] = minus if minus_side else plus
                     held = j
                 value = closure()
                 if (
