@@ -36,7 +36,8 @@ mutations=(
   "plan: one slot too many|plan_kernel(|j < B;|j <= B;"
   "plan: block pointer off by one|plan_kernel(|const int64_t c = counters[0];|const int64_t c = counters[0] + 1;"
   "advance: from and to swapped|cudaError_t advance(|loss_dtype, from, to,|loss_dtype, to, from,"
-  "finite_difference: forward f+ off by one|finite_difference_kernel(|losses[j + 1]|losses[j]"
+  "finite_difference: zero_nonfinite ignored|finite_difference_kernel(|? e.g : acc_t(0)|? e.g : e.g"
+  "finite_difference: loss estimate from f+ alone|finite_difference_kernel(|total += (e.fp + e.fm) / 2|total += e.fp"
   "finite_difference: tree sum skips a level|finite_difference_kernel(|stride = kSumLanes / 2|stride = kSumLanes / 4"
   "finite_difference: plain add for atomicAdd (intra-block race, not detectable)|finite_difference_kernel(|atomicAdd(&n_bad, my_bad)|n_bad += my_bad"
 )
