@@ -1,11 +1,20 @@
 """Shared fixtures: seeded generators, the device list and the backends to test."""
 
+import os
 import random
 
 import pytest
 import torch
 
+from benchmarks import data
 from cocd_cuda import backends
+
+SHARED_DATA, _ = data.resolve_data_dir(None)  # ../shared/data, or $COCD_DATA
+needs_sarcos = pytest.mark.skipif(
+    SHARED_DATA is None
+    or not os.path.isfile(os.path.join(SHARED_DATA, "sarcos", data.SARCOS_TEST)),
+    reason="the shared data folder (../shared/data) is absent",
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -14,6 +23,14 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def _seed():
     random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Benchmarks under test set torch's thread count; the next test gets it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=DEVICES)

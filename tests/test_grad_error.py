@@ -3,27 +3,15 @@
 
 import copy
 import json
-import os
 
 import pytest
 import torch
+from conftest import needs_sarcos
 from torch import nn
 from torch.nn import functional as F
 
 import cocd_cuda
-from benchmarks import data, grad_error, models
-
-SHARED, _ = data.resolve_data_dir(None)
-HAVE_SARCOS = SHARED is not None and os.path.isfile(
-    os.path.join(SHARED, "sarcos", data.SARCOS_TEST)
-)
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+from benchmarks import grad_error, models
 
 
 def settings(lr=0.05, momentum=1.0, eps=0.5, weight_decay=1e-2):
@@ -194,7 +182,7 @@ def test_summary_separates_the_first_cycle():
     assert grad_error.summarise(run, n=250, early=2)["mean_error_early"] == 8.0
 
 
-@pytest.mark.skipif(not HAVE_SARCOS, reason="the shared data folder (../shared/data) is absent")
+@needs_sarcos
 def test_command_on_sarcos_with_the_whole_net_in_one_block(tmp_path):
     out = tmp_path / "fig5.json"
     result = grad_error.main(

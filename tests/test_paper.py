@@ -7,16 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import needs_sarcos
 from torch import nn
 
 from benchmarks import models, paper
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(tmp_path, *extra, optimizers="cocd,bccd,spsa,zosgd,mezo,sgd"):
@@ -255,11 +249,7 @@ def test_results_are_not_overwritten_and_resume_checks_settings(tmp_path):
     ]
 
 
-@pytest.mark.skipif(
-    not os.path.isfile(os.path.join(paper.data_mod.resolve_data_dir(None)[0] or "", "sarcos",
-                                    paper.data_mod.SARCOS_TEST)),
-    reason="the shared data folder (../shared/data) is not present",
-)  # fmt: skip
+@needs_sarcos
 def test_sarcos_sweep_validates_on_training_rows_only():
     from benchmarks import sarcos_sweep
 

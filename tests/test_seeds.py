@@ -1,24 +1,11 @@
 """A preset over several seeds, and the mean and spread (benchmarks/seeds.py)."""
 
 import json
-import os
 
 import pytest
-import torch
+from conftest import needs_sarcos
 
-from benchmarks import data, seeds
-
-SHARED, _ = data.resolve_data_dir(None)
-HAVE_SARCOS = SHARED is not None and os.path.isfile(
-    os.path.join(SHARED, "sarcos", data.SARCOS_TEST)
-)
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+from benchmarks import seeds
 
 
 def test_spread_of_known_values():
@@ -48,7 +35,7 @@ def test_summary_keeps_diverged_seeds_out_of_the_mean():
     assert sm["seeds"][2]["status"] == "diverged in epoch 2"
 
 
-@pytest.mark.skipif(not HAVE_SARCOS, reason="the shared data folder (../shared/data) is absent")
+@needs_sarcos
 def test_two_seeds_of_the_sarcos_preset(tmp_path):
     extra = ["--", "--epochs", "1", "--max-steps-per-epoch", "2", "--optimizers", "cocd,sgd"]
     record = seeds.main(["--preset", "paper-sarcos", "--seeds", "0,1", "--out", str(tmp_path),
