@@ -154,13 +154,14 @@ class CoCD(torch.optim.Optimizer):
         ``step = opt.graphed(closure)``, then ``loss = step()`` once per step. Steps are
         captured in CUDA graphs when first needed and replayed after that, without host
         reads. A plain closure gives one graph of its 2B evaluations; a layered or
-        batched ``ModelObjective`` gives one graph per set of tensors a block can lie
+        batched (or graph) ``ModelObjective`` gives one graph per set of tensors a block can lie
         in, each evaluating the points by block. Results agree with
         ``opt.step(closure)`` up to rounding. It needs the native backend and
         ``nonfinite="zero"``, and a closure made of CUDA tensor ops that reads its
-        batch from the same tensors at every call (refill them in place). Changed
-        hyperparameters, moved parameters or a new ``set_batch`` batch trigger new
-        captures. On CPU it runs the same step without a graph. See ``GraphedStep``.
+        batch from the same tensors at every call (refill them in place). Moved
+        parameters or a new ``set_batch`` batch trigger new captures; changed
+        hyperparameters (LR schedulers) do not, as the kernels read them from a device
+        tensor. On CPU it runs the same step without a graph. See ``GraphedStep``.
         """
         return GraphedStep(CapturableStep(self), closure)
 
