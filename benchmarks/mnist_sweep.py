@@ -68,6 +68,9 @@ CNNS = {
     "cnn 16-8-32": lambda: _cnn((16, 8, 32), TWO_POOLS),  # 19,346
     # also fits both ratios (1.30%, 4.21%): a pool after every convolution, 64 x 3 x 3 map
     "cnn 12-20-64 pool x3": lambda: _cnn((12, 20, 64), (True, True, True)),  # 19,654
+    # reference, not the paper's shape: the package's 2-conv compact CNN (16-32), which
+    # reached 94.68% test accuracy in 20 epochs at these settings (results/mnist-cpu.json)
+    "compact cnn 16-32 (2 conv)": lambda: models.build("mnist_cnn"),  # 20,490
 }
 
 
