@@ -15,6 +15,10 @@ needs_sarcos = pytest.mark.skipif(
     or not os.path.isfile(os.path.join(SHARED_DATA, "sarcos", data.SARCOS_TEST)),
     reason="the shared data folder (../shared/data) is absent",
 )
+needs_mnist = pytest.mark.skipif(
+    SHARED_DATA is None or not os.path.isdir(os.path.join(SHARED_DATA, "mnist")),
+    reason="the shared data folder (../shared/data) is absent",
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

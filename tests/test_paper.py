@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import needs_sarcos
+from conftest import needs_mnist, needs_sarcos
 from torch import nn
 
 from benchmarks import models, paper
@@ -300,3 +300,30 @@ def test_hybridcd_counts_its_evaluations_and_lowers_the_loss(tmp_path):
         assert r["evaluations_per_step"] > least  # line searches ran (threshold 1e-2)
         assert r["hyperparameters"]["weight_decay"] == 0.0  # HybridCD has none
     assert result["runs"][1]["hyperparameters"]["eps"] == result["settings"]["eps"]
+
+
+@needs_mnist
+def test_mnist_sweep_validates_on_training_images_only():
+    from benchmarks import mnist_sweep
+
+    xf, yf, xv, yv = mnist_sweep.load_split(None)
+    ds = paper.data_mod.load_mnist(None)
+    assert (len(xf), len(xv)) == (50_000, 10_000)
+
+    def rows(x):  # each image as its 784 original bytes
+        pixels = (x.flatten(1) * 0.3081 + 0.1307).mul(255).round().byte().numpy()
+        return {bytes(r) for r in pixels}
+
+    fit, val, train = rows(xf), rows(xv), rows(ds.x_train)
+    assert fit | val == train  # every held-out and fitted image is a training image
+    assert len(val - fit) > 9_900  # held-out images are (up to MNIST's duplicates) not fitted
+    assert torch.equal(torch.cat([yf, yv]).bincount(), ds.y_train.bincount())
+
+
+def test_mnist_sweep_networks_have_the_documented_sizes():
+    from benchmarks import mnist_sweep
+
+    count = lambda name: paper.models.count_parameters(mnist_sweep.CNNS[name]())  # noqa: E731
+    # conv 1->12, 12->20, 20->64 (3x3, with biases), then Linear(64 * 3 * 3, 10)
+    assert count("cnn 12-20-64 pool x3") == (9 * 12 + 12) + (108 * 20 + 20) + (180 * 64 + 64) + 5770
+    assert count("cnn 4-12-32 tanh") == count("mnist_paper_cnn") == 19_662
