@@ -10,7 +10,20 @@ from __future__ import annotations
 import torch
 
 from .layout import ParamLayout
-from .validation import MAX_STEPS
+
+MAX_STEPS = 1 << 62  # the step counter t wraps here (as in the C core)
+
+
+def ring_coordinates(c: int, head: int, t: int, n: int, m: int, B: int) -> torch.Tensor:
+    """The FIFO ring's coordinates, slot by slot, that the counters imply.
+
+    The ring starts as coordinates 0..m-1 and each step pushes c, c+1, ... into slots
+    head, head+1, ...; so while fewer than m coordinates have been pushed (t*B < m) it
+    still holds 0..m-1, and from then on slot head+k (mod m) holds c - m + k (mod n).
+    """
+    if t * B < m:
+        return torch.arange(m)
+    return (c - m + (torch.arange(m) - head) % m) % n
 
 
 class StepCounters:

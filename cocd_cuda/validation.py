@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .state import MAX_STEPS, ring_coordinates
+
 GROUP_OPTIONS = ("lr", "weight_decay", "eps", "momentum")
 BASELINE_OPTIONS = ("lr", "weight_decay")  # per param group in SPSA, ZO-SGD and MeZO
 OPTIMIZER_OPTIONS = (
@@ -31,7 +33,6 @@ OPTIMIZER_OPTIONS = (
     "process_group",
     "parallel",
 )
-MAX_STEPS = 1 << 62  # the step counter t wraps here (as in the C core)
 
 
 @dataclass(frozen=True)
@@ -412,6 +413,14 @@ def cocd_state(state_dict, opt) -> tuple[list[GroupHyper], dict]:
             raise ValueError(
                 "state_dict ring coordinates are not distinct; a ring holds each "
                 "coordinate at most once"
+            )
+        implied = ring_coordinates(c, head, t, n, m, opt.compute_budget)
+        if not torch.equal(coords.cpu(), implied):
+            raise ValueError(
+                f"state_dict ring coordinates do not follow from its block pointer c={c}, "
+                f"ring head={head} and step count t={t} (slot head+k holds the k-th "
+                "oldest pushed coordinate); a ring in another order is not a CoCD state, "
+                "and its next steps would descend some coordinates twice"
             )
     hyper = _groups(groups, opt.param_groups, cocd_group)
     loaded = {"buffer": buffer, "coords": coords, "c": c, "head": head, "t": t}

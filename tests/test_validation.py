@@ -74,12 +74,15 @@ def test_duplicate_ring_coordinates_are_rejected(backend):
     rejects(opt, ps, sd, ValueError, "ring coordinates are not distinct")
 
 
-def test_valid_permuted_ring_loads(backend):
-    """A ring in another (distinct, in-range) order is a valid state and is loaded as is."""
-    sd, opt, _ = source_and_target(backend)
-    sd["state"]["coords"] = torch.tensor([6, 0, 3, 1])
-    opt.load_state_dict(sd)
-    assert opt.state_dict()["state"]["coords"].tolist() == [6, 0, 3, 1]
+def test_ring_out_of_push_order_is_rejected(backend):
+    """Distinct, in-range coordinates in another order are no state CoCD reaches: its
+    next pushes would leave a coordinate twice in the ring, descended twice."""
+    sd, opt, ps = source_and_target(backend)
+    # n = 7, m = 4, B = 3: block 0-2 went to slots 0-2, then block 3-5 to slots 3, 0, 1.
+    assert sd["state"]["coords"].tolist() == [4, 5, 2, 3]
+    for ring in ([6, 0, 3, 1], [5, 4, 2, 3], [0, 1, 2, 3]):
+        sd["state"]["coords"] = torch.tensor(ring)
+        rejects(opt, ps, sd, ValueError, "do not follow from its block pointer c=6")
 
 
 # ------------------------------------------------------------ 2. non-finite buffer
