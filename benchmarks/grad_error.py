@@ -394,8 +394,7 @@ def finish(result: dict, stem: str) -> dict:
     result["summarised_at_commit"] = paper.git_commit()
     paper.write_json(result, stem)
     table = markdown(result)
-    with open(stem + ".md", "w") as fh:
-        fh.write(table)
+    paper.write_markdown(table, stem)
     print("\n" + table)
     try:
         print("plot:", plot(result, stem + ".png"))

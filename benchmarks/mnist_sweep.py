@@ -204,12 +204,10 @@ def main(argv=None) -> dict:
         accs = " ".join(f"{100 * a:.1f}" for _, a in r["val_accuracy"][1:])
         print(f"{key:40s} {r['parameters']:6d} {r['status']:10s} val% {accs}  "
               f"{r['seconds']:.0f} s", flush=True)  # fmt: skip
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         paper.write_json(result, os.path.splitext(args.out)[0])
     if result["runs"]:
         table = markdown(result)
-        with open(os.path.splitext(args.out)[0] + ".md", "w") as fh:
-            fh.write(table)
+        paper.write_markdown(table, os.path.splitext(args.out)[0])
         print("\n" + table)
     return result
 

@@ -731,9 +731,17 @@ def output_name(args: argparse.Namespace, s: dict, device: str) -> str:
 
 
 def write_json(result: dict, stem: str) -> None:
+    """``stem``.json, replaced atomically (a run killed mid-write leaves the old file)."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     with open(stem + ".json.tmp", "w") as fh:
         json.dump(_json_safe(result), fh, indent=1, allow_nan=False)
     os.replace(stem + ".json.tmp", stem + ".json")
+
+
+def write_markdown(table: str, stem: str) -> None:
+    """``stem``.md: the table a benchmark printed."""
+    with open(stem + ".md", "w") as fh:
+        fh.write(table)
 
 
 # ----------------------------------------------------------------------- main
@@ -825,8 +833,7 @@ def main(argv=None) -> dict:
             flush=True,
         )
     table = markdown_table(result)
-    with open(stem + ".md", "w") as fh:
-        fh.write(table)
+    write_markdown(table, stem)
     try:
         plots = plot(result, stem)
     except ImportError:

@@ -313,12 +313,10 @@ def main(argv=None) -> dict:
             print(f"{key:45s} {r['status']:22s} final {final if final is None else f'{final:.4g}'}"
                   f"  best {best if best is None else f'{best:.4g}'}  {r['seconds']:.0f} s",
                   flush=True)  # fmt: skip
-            os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
             paper.write_json(result, os.path.splitext(args.out)[0])
     if result["runs"]:
         table = markdown(result)
-        with open(os.path.splitext(args.out)[0] + ".md", "w") as fh:
-            fh.write(table)
+        paper.write_markdown(table, os.path.splitext(args.out)[0])
         print("\n" + table)
         print("plot:", plot(result, os.path.splitext(args.out)[0] + ".png"))
     return result

@@ -160,8 +160,7 @@ def main(argv=None) -> dict:
     }
     paper.write_json(record, stem)
     table = markdown(summary, args.preset)
-    with open(stem + ".md", "w") as fh:
-        fh.write(table)
+    paper.write_markdown(table, stem)
     print("\n" + table)
     print(f"results: {stem}.json, {stem}.md")
     return record

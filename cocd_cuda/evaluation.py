@@ -147,7 +147,7 @@ class Everything:
     """Every evaluation of a step, here (no process group)."""
 
     def __init__(self, B: int, central: bool):
-        self.j0, self.j1, self.with_f0, self.central = 0, B, True, central
+        self.j0, self.j1, self.with_f0 = 0, B, True
         self.n_eval = n_evals(B, central)
         self.whole = True
 
