@@ -64,20 +64,23 @@ def compact_cnn(in_channels: int = 1, image_size: int = 28, classes: int = 10) -
     )
 
 
-def paper_cnn(in_channels: int = 1, image_size: int = 28, classes: int = 10) -> nn.Sequential:
-    """Conv(4)-ReLU-Pool-Conv(12)-ReLU-Pool-Conv(32)-ReLU-Flatten-Linear: 3 conv + 1 FC."""
+def paper_cnn(
+    in_channels: int = 1, image_size: int = 28, classes: int = 10, widths=(4, 12, 32)
+) -> nn.Sequential:
+    """Conv(a)-ReLU-Pool-Conv(b)-ReLU-Pool-Conv(c)-ReLU-Flatten-Linear: 3 conv + 1 FC."""
+    a, b, c = widths
     side = image_size // 4
     return nn.Sequential(
-        nn.Conv2d(in_channels, 4, 3, padding=1),
+        nn.Conv2d(in_channels, a, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(4, 12, 3, padding=1),
+        nn.Conv2d(a, b, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(12, 32, 3, padding=1),
+        nn.Conv2d(b, c, 3, padding=1),
         nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(32 * side * side, classes),
+        nn.Linear(c * side * side, classes),
     )
 
 
@@ -149,6 +152,9 @@ BUILDERS = {
     "resnet20": resnet20,
     "mnist_paper_cnn": lambda: paper_cnn(1, 28),
     "cifar10_paper_cnn": lambda: paper_cnn(3, 32),
+    # other widths of the same layout that fit the paper's budget ratios
+    "mnist_paper_cnn_16_8_32": lambda: paper_cnn(1, 28, widths=(16, 8, 32)),
+    "mnist_paper_cnn_8_8_32": lambda: paper_cnn(1, 28, widths=(8, 8, 32)),
 }
 
 
