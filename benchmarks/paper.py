@@ -289,6 +289,7 @@ def make_optimizer(name: str, params, s: dict):
             eps=s["eps"] if name == "cocd" else s["bccd_eps"],
             compute_budget=s["budget"],
             momentum=s["momentum"] if name == "cocd" else 0.0,
+            memory_budget=s.get("memory_budget"),
             backend=s["backend"],
         )
         return opt, 2 * opt.compute_budget

@@ -50,6 +50,7 @@ BASE = dict(
     optimizer="cocd", lr=1e-3, momentum=1.0, eps=1.0, budget=64, batch=64, epochs=50,
     weight_decay=1e-4, inputs="standardised", targets="raw", init="default",
     activation="relu", hidden=64, steps=None, zo_eps=1e-3, seed=0, dtype="float32",
+    memory=None,
 )  # fmt: skip
 
 
@@ -76,7 +77,8 @@ def figures() -> list[tuple[str, dict]]:
     out += [("fig2 bccd eps 1e-06 float64", {"optimizer": "bccd", "eps": 1e-6, "dtype": "float64"})]
     out += [(f"fig2 cocd eps {v:g}", {"eps": v}) for v in (1e-4, 0.01, 0.1, 1.0)]
     out += [(f"fig3 momentum {v:g}", {"momentum": v}) for v in (0.0, 0.5, 0.9, 0.95, 0.99)]
-    out += [(f"fig3 B {v}", {"budget": v}) for v in (128, 256)]
+    out += [(f"fig3 B {v}", {"budget": v}) for v in (128, 256, 512, 1024)]
+    out += [(f"fig3 M {v:.0%}", {"memory": v}) for v in (0.25, 0.5, 0.75)]
     out += [("stress B 1 momentum 0.95", {"budget": 1, "momentum": 0.95})]
     return out
 
@@ -160,6 +162,9 @@ def run_one(c: dict, fit: np.ndarray, val: np.ndarray) -> dict:
     s = dict(lr=c["lr"], weight_decay=c["weight_decay"], eps=c["eps"], bccd_eps=c["eps"],
              budget=c["budget"], momentum=c["momentum"], backend="auto", zo_lr=c["lr"],
              zo_eps=c["zo_eps"], seed=c["seed"], sgd_momentum=0.9)  # fmt: skip
+    if c.get("memory") is not None:  # the memory ratio M = m / n
+        n = sum(p.numel() for p in model.parameters())
+        s["memory_budget"] = max(c["budget"], round(c["memory"] * n))
     opt, _ = paper.make_optimizer(c["optimizer"], model.parameters(), s)
     objective = None
     if c["optimizer"] in ("cocd", "bccd"):
