@@ -65,23 +65,27 @@ def compact_cnn(in_channels: int = 1, image_size: int = 28, classes: int = 10) -
 
 
 def paper_cnn(
-    in_channels: int = 1, image_size: int = 28, classes: int = 10, widths=(4, 12, 32)
+    in_channels: int = 1,
+    image_size: int = 28,
+    classes: int = 10,
+    widths=(4, 12, 32),
+    batch_norm: bool = False,
 ) -> nn.Sequential:
-    """Conv(a)-ReLU-Pool-Conv(b)-ReLU-Pool-Conv(c)-ReLU-Flatten-Linear: 3 conv + 1 FC."""
-    a, b, c = widths
+    """Conv(a)-ReLU-Pool-Conv(b)-ReLU-Pool-Conv(c)-ReLU-Flatten-Linear: 3 conv + 1 FC.
+
+    With ``batch_norm`` each convolution is followed by a BatchNorm2d (Conv-BN-ReLU).
+    """
+    layers, c_in = [], in_channels
+    for i, w in enumerate(widths):
+        layers.append(nn.Conv2d(c_in, w, 3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(w))
+        layers.append(nn.ReLU())
+        if i < 2:
+            layers.append(nn.MaxPool2d(2))
+        c_in = w
     side = image_size // 4
-    return nn.Sequential(
-        nn.Conv2d(in_channels, a, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(a, b, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(b, c, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(c * side * side, classes),
-    )
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * side * side, classes))
 
 
 def mnist_cnn() -> nn.Sequential:
@@ -155,6 +159,7 @@ BUILDERS = {
     # other widths of the same layout that fit the paper's budget ratios
     "mnist_paper_cnn_16_8_32": lambda: paper_cnn(1, 28, widths=(16, 8, 32)),
     "mnist_paper_cnn_8_8_32": lambda: paper_cnn(1, 28, widths=(8, 8, 32)),
+    "mnist_paper_cnn_bn": lambda: paper_cnn(1, 28, batch_norm=True),
 }
 
 

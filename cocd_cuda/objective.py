@@ -61,7 +61,7 @@ _PASSTHROUGH = (
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 LAYERED_SUPPORT = (
     "nn.Sequential (nested ones are flattened) of nn.Linear, nn.Conv2d (groups=1, zero "
-    "padding), nn.BatchNorm1d/2d in eval mode, nn.Dropout in eval mode, activations "
+    "padding), nn.BatchNorm1d/2d, nn.Dropout in eval mode, activations "
     "(ReLU, ReLU6, LeakyReLU, ELU, GELU, SiLU, Tanh, Sigmoid, Softplus, Hardtanh), "
     "Identity, Flatten and pooling (Max/Avg 1d/2d, AdaptiveAvg 1d/2d, AdaptiveMax2d)"
 )
@@ -105,8 +105,6 @@ def _layered_problem(layers: list[nn.Module] | None) -> str | None:
                 return f"layer {i} ({kind}) has groups={m.groups}, padding_mode={m.padding_mode!r}"
             continue
         if isinstance(m, _NORMS):
-            if m.training or not m.track_running_stats:
-                return f"layer {i} ({kind}) normalises with batch statistics (train mode)"
             continue
         if isinstance(m, nn.Dropout):
             if m.training and m.p > 0:
@@ -448,14 +446,17 @@ class ModelObjective:
                 if pname == "weight"
                 else d[:, None, None, None]
             )
-        else:  # eval-mode batch norm: y = xhat * weight + bias
+        else:  # batch norm: y = xhat * weight + bias; xhat does not depend on either
             start = elems
             expand = (slice(None), None) + (None,) * (out.dim() - 2)
             change = d[expand]
             if pname == "weight":
-                xhat = F.batch_norm(
-                    inp, layer.running_mean, layer.running_var, training=False, eps=layer.eps
-                )
+                if _batch_statistics(layer):
+                    xhat = F.batch_norm(inp, None, None, training=True, eps=layer.eps)
+                else:
+                    xhat = F.batch_norm(
+                        inp, layer.running_mean, layer.running_var, training=False, eps=layer.eps
+                    )
                 change = change * xhat[:, elems].transpose(0, 1)
         new = (out[:, start].transpose(0, 1) + change).unsqueeze(2)  # [K, N, 1, ...]
         width = 1
@@ -492,7 +493,12 @@ class ModelObjective:
         K, N = full.shape[:2]
         a = full.reshape(K * N, *full.shape[2:])
         for later in self._layers[first:]:
-            a = later(a)
+            if isinstance(later, _NORMS) and _batch_statistics(later):
+                # each point is its own mini-batch of N: its own statistics
+                a = _normalise_points(later, a.reshape(K, N, *a.shape[1:]), None, None)
+                a = a.reshape(K * N, *a.shape[2:])
+            else:
+                a = later(a)
         return self._per_point_loss(a.reshape(K, N, *a.shape[1:]))
 
     def _rank_one_full(self, layer, pname, inp, out, elems, d, i) -> torch.Tensor:
@@ -529,11 +535,37 @@ def _apply_channelwise(layer, new: torch.Tensor, start: torch.Tensor, width: int
     if isinstance(layer, _POOLS):
         pooled = layer(new.reshape(K * N, width, *new.shape[3:]))
         return pooled.reshape(K, N, width, *pooled.shape[2:])
-    idx = start[:, None] + torch.arange(width, device=start.device)  # eval-mode batch norm
+    idx = start[:, None] + torch.arange(width, device=start.device)  # batch norm
     shape = (K, 1, width) + (1,) * (new.dim() - 3)
+    if _batch_statistics(layer):  # the slice's channels hold all of their statistics
+        w, b = (layer.weight[idx], layer.bias[idx]) if layer.affine else (None, None)
+        return _normalise_points(layer, new, w, b)
     scale = torch.rsqrt(layer.running_var[idx] + layer.eps) * layer.weight[idx]
     shift = layer.bias[idx] - layer.running_mean[idx] * scale
     return new * scale.view(shape) + shift.view(shape)
+
+
+def _batch_statistics(layer: nn.Module) -> bool:
+    """Whether a batch norm normalises with the mini-batch's statistics (as PyTorch decides)."""
+    return layer.training or layer.running_mean is None
+
+
+def _normalise_points(layer, x: torch.Tensor, weight, bias) -> torch.Tensor:
+    """Batch norm of x [K, N, C, ...] with each point k's own statistics over N and space.
+
+    Nothing is written to the running statistics: the unperturbed forward of each step
+    (``_activations``) updates them once, as one training step would.
+    weight, bias: [K, C] (a slice of channels per point) or None for the layer's own.
+    """
+    dims = (1, *range(3, x.dim()))
+    var, mean = torch.var_mean(x, dim=dims, unbiased=False, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + layer.eps)
+    if not layer.affine:
+        return y
+    if weight is None:
+        weight, bias = layer.weight.expand(x.shape[0], -1), layer.bias.expand(x.shape[0], -1)
+    shape = (x.shape[0], 1, x.shape[2]) + (1,) * (x.dim() - 3)
+    return y * weight.reshape(shape) + bias.reshape(shape)
 
 
 def _gather(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

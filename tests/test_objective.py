@@ -162,11 +162,40 @@ def test_unsupported_model_falls_back_with_an_explanation():
     torch.testing.assert_close(got, seq.evaluate_block(block), rtol=0, atol=0)
 
 
-def test_train_mode_batch_norm_is_not_layered():
-    model = randomise(mlp()).train()
-    x, y = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="batch statistics"):
-        ModelObjective(model, nn.MSELoss(), x, y, strategy="layered")
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_train_mode_batch_norm_is_layered_with_each_points_statistics(model_name):
+    """Train mode: every point normalises with its own batch statistics, as a plain call."""
+    losses = {}
+    for strategy in ("sequential", "layered"):
+        model, obj = objective(model_name, "cross-entropy", strategy)
+        model.train()
+        opt = CoCD(list(model.parameters()), compute_budget=10**6, eps=0.01)
+        losses[strategy] = obj.evaluate_block(first_block(opt, 0.01))
+    torch.testing.assert_close(losses["layered"], losses["sequential"], rtol=1e-12, atol=1e-13)
+    # the points differ from the eval-mode ones: the batch statistics were used
+    _, eval_obj = objective(model_name, "cross-entropy", "layered")
+    opt = CoCD(list(eval_obj.model.parameters()), compute_budget=10**6, eps=0.01)
+    assert (eval_obj.evaluate_block(first_block(opt, 0.01)) - losses["layered"]).abs().min() > 1e-6
+
+
+def test_train_mode_running_statistics_move_once_per_step():
+    """The layered strategy updates them with the step's unperturbed forward only."""
+    model, obj = objective("cnn", "mse", "auto")
+    model.train()
+    assert obj.strategy == "layered"
+    bn = model[1]
+    expected_mean = bn.running_mean.clone()
+    expected_var = bn.running_var.clone()
+    with torch.no_grad():  # one plain train-mode forward's update, by hand
+        h = model[0](obj.inputs)
+        mean, var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=True)
+    expected_mean = 0.9 * expected_mean + 0.1 * mean
+    expected_var = 0.9 * expected_var + 0.1 * var
+    opt = CoCD(model.parameters(), compute_budget=30)
+    opt.step(obj)
+    torch.testing.assert_close(bn.running_mean, expected_mean, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(bn.running_var, expected_var, rtol=1e-12, atol=1e-14)
+    assert bn.num_batches_tracked.item() == 1
 
 
 def test_parameters_outside_the_model_are_evaluated_sequentially():
