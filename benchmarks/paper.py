@@ -119,9 +119,9 @@ PRESETS: dict[str, dict] = {
     "paper-sarcos": dict(
         PAPER_COMMON, task="sarcos", model="sarcos_mlp", weight_decay=1e-4, sarcos_targets="raw"
     ),
-    "paper-mnist": dict(PAPER_COMMON, task="mnist", model="mnist_paper_cnn", weight_decay=1e-4),
+    "paper-mnist": dict(PAPER_COMMON, task="mnist", model="mnist_paper_cnn_bn", weight_decay=1e-4),
     "paper-cifar10": dict(
-        PAPER_COMMON, task="cifar10", model="cifar10_paper_cnn", weight_decay=5e-4
+        PAPER_COMMON, task="cifar10", model="cifar10_paper_cnn_bn", weight_decay=5e-4
     ),
     # Figure 6 (Appendix E): ResNet-20, lr 0.1, weight decay 1e-4, B 2048, eps 1, 10 epochs,
     # momentum in {0.5, 0.9, 0.95} (0.9 here; --momentum for the others) and BCCD.

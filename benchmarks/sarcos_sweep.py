@@ -50,7 +50,7 @@ BASE = dict(
     optimizer="cocd", lr=1e-3, momentum=1.0, eps=1.0, budget=64, batch=64, epochs=50,
     weight_decay=1e-4, inputs="standardised", targets="raw", init="default",
     activation="relu", hidden=64, steps=None, zo_eps=1e-3, seed=0, dtype="float32",
-    memory=None,
+    memory=None, batch_norm=False,
 )  # fmt: skip
 
 
@@ -66,6 +66,7 @@ def causes() -> list[tuple[str, dict]]:
     out += [(f"momentum {v:g}", {"momentum": v}) for v in (0.99, 0.95, 0.9)]
     out += [(f"eps {v:g}", {"eps": v}) for v in (0.1, 1e-3)]
     out += [("float64", {"dtype": "float64"})]
+    out += [("batch norm", {"batch_norm": True})]
     return out
 
 
@@ -140,6 +141,8 @@ def build_model(c: dict) -> nn.Sequential:
     for i in range(5):
         layers.append(nn.Linear(widths[i], widths[i + 1]))
         if i < 4:
+            if c.get("batch_norm"):
+                layers.append(nn.BatchNorm1d(widths[i + 1]))
             layers.append(act())
     model = nn.Sequential(*layers)
     for m in model:
@@ -172,7 +175,11 @@ def run_one(c: dict, fit: np.ndarray, val: np.ndarray) -> dict:
 
     @torch.no_grad()
     def val_mse() -> float:
-        return float((((model(xv) - yv) * scale) ** 2).mean())
+        model.eval()  # batch norm: the running statistics
+        try:
+            return float((((model(xv) - yv) * scale) ** 2).mean())
+        finally:
+            model.train()
 
     zero_mse = float(((yv * scale) ** 2).mean()) if c["targets"] == "raw" else None
     per_epoch_steps = len(xf) // c["batch"]

@@ -182,12 +182,12 @@ def test_presets_hold_the_papers_settings():
     assert args.out.endswith(os.path.join("results", "reproduction"))
     _, s = settings("paper-mnist")
     assert (s["model"], s["lr"], s["momentum"], s["eps"], s["budget"], s["batch"]) == (
-        "mnist_paper_cnn", 1e-2, 0.99, 0.1, 256, 128)  # fmt: skip
+        "mnist_paper_cnn_bn", 1e-2, 0.99, 0.1, 256, 128)  # fmt: skip
     assert (s["weight_decay"], s["bccd_eps"], s["sgd_momentum"], s["epochs"]) == (
         1e-4, 1e-6, 0.9, 50)  # fmt: skip
     _, s = settings("paper-cifar10")
     assert (s["model"], s["budget"], s["weight_decay"], s["bccd_eps"]) == (
-        "cifar10_paper_cnn", 1024, 5e-4, 1e-6)  # fmt: skip
+        "cifar10_paper_cnn_bn", 1024, 5e-4, 1e-6)  # fmt: skip
     _, s = settings("paper-resnet20")  # Figure 6
     assert (s["model"], s["lr"], s["batch"], s["weight_decay"], s["budget"], s["eps"]) == (
         "resnet20", 0.1, 128, 1e-4, 2048, 1.0)  # fmt: skip
@@ -198,15 +198,18 @@ def test_presets_hold_the_papers_settings():
 
 
 def test_paper_cnn_is_three_convolutions_and_one_linear_layer():
-    for name, side, channels, budget, ratio in (
-        ("mnist_paper_cnn", 28, 1, 256, 0.013),  # "B = 256 is about 1.3%"
-        ("cifar10_paper_cnn", 32, 3, 1024, 0.042),  # "B = 1024 is about 4.2%"
+    for name, side, channels, budget, ratio, n_expected in (
+        ("mnist_paper_cnn", 28, 1, 256, 0.013, 19_662),  # "B = 256 is about 1.3%"
+        ("cifar10_paper_cnn", 32, 3, 1024, 0.042, 24_534),  # "B = 1024 is about 4.2%"
+        # the presets' networks: a BatchNorm2d (2 parameters per channel) after each conv
+        ("mnist_paper_cnn_bn", 28, 1, 256, 0.013, 19_662 + 2 * (4 + 12 + 32)),
+        ("cifar10_paper_cnn_bn", 32, 3, 1024, 0.042, 24_534 + 2 * (4 + 12 + 32)),
     ):
         model = models.build(name)
         kinds = [type(m) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
         assert kinds == [nn.Conv2d, nn.Conv2d, nn.Conv2d, nn.Linear]
         n = models.count_parameters(model)
-        assert round(budget / n, 3) == ratio, n
+        assert n == n_expected and round(budget / n, 3) == ratio, n
         assert model(torch.zeros(2, channels, side, side)).shape == (2, 10)
 
 
