@@ -1,7 +1,7 @@
 """Why does CoCD diverge on SARCOS at the paper's settings? A sweep on a validation split.
 
-    python -m benchmarks.sarcos_sweep [--sweep causes|stability|all] [--epochs 50]
-        [--out benchmarks/results/reproduction/sarcos-sweep-cpu.json] [--resume]
+    python -m benchmarks.sarcos_sweep [--sweep causes|figures|stability|all] [--epochs 50]
+        [--out FILE (default: results/reproduction/sarcos-<sweep>-cpu.json)] [--resume]
 
 Only the training rows are used: the 80/20 split of ``sarcos_inv_test.mat`` that
 ``benchmarks.paper`` trains on (seed 0) is split again, 80/20 with seed 1, into fitting and
@@ -43,7 +43,6 @@ import cocd_cuda
 from . import data as data_mod
 from . import paper
 
-OUT = os.path.join(paper.REPRODUCTION, "sarcos-sweep-cpu.json")
 PAPER_STEPS = 50 * 695  # 44,484 training rows / batch 64 = 695 steps per epoch
 
 BASE = dict(
@@ -292,12 +291,17 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.sarcos_sweep", description=__doc__)
     p.add_argument("--sweep", default="all", choices=[*SWEEPS, "all"], help="default: all")
     p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--out", default=OUT)
+    p.add_argument(
+        "--out", default=None, help="default: sarcos-<sweep>-cpu.json (all, causes: sweep)"
+    )
     p.add_argument("--data", default=None)
     p.add_argument("--resume", action="store_true", help="keep finished runs in --out")
     p.add_argument("--only", default=None, help="run only names containing this text")
     p.add_argument("--table", action="store_true", help="print --out's table and exit")
     args = p.parse_args(argv)
+    if args.out is None:
+        kind = args.sweep if args.sweep in ("figures", "stability") else "sweep"
+        args.out = os.path.join(paper.REPRODUCTION, f"sarcos-{kind}-cpu.json")
     if args.table:
         with open(args.out) as fh:
             print(markdown(json.load(fh)))
