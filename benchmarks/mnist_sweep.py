@@ -1,7 +1,8 @@
 """Why does CoCD stop short of the paper's MNIST accuracy? Short runs on a validation split.
 
-    python -m benchmarks.mnist_sweep [--sweep causes] [--steps 936] [--eval-every 117]
-        [--out benchmarks/results/reproduction/mnist-sweep-cpu.json] [--resume] [--only TEXT]
+    python -m benchmarks.mnist_sweep [--sweep causes|figures] [--steps 936] [--eval-every 117]
+        [--out FILE (default: results/reproduction/mnist-<sweep>-cpu.json)] [--resume]
+        [--only TEXT]
 
 Only the 60,000 training images are used: a fixed permutation (seed 1) holds out 10,000 of
 them for validation and fits on the other 50,000. The test images are never read. Every
@@ -13,6 +14,9 @@ input scaling) or that diagnoses the gap (lr, eps, momentum). Each run is ``--st
 optimizer steps (default 936, two epochs of the full training set; the paper's curves are
 above 50% by then), with the validation accuracy every ``--eval-every`` steps. Finished
 runs are kept with ``--resume``.
+
+``--sweep figures`` is Figure 3 on MNIST: the preset's network (with batch norm) at the
+figure's defaults (eps 1, momentum 1, B 256, M 100%), changing eps, momentum, B or M.
 """
 
 from __future__ import annotations
@@ -31,8 +35,6 @@ import cocd_cuda
 
 from . import data as data_mod
 from . import models, paper
-
-OUT = os.path.join(paper.REPRODUCTION, "mnist-sweep-cpu.json")
 
 BASE = dict(
     optimizer="cocd", model="mnist_paper_cnn", inputs="normalised", lr=1e-2, momentum=0.99,
@@ -89,7 +91,21 @@ def causes() -> list[tuple[str, dict]]:
     return out
 
 
-SWEEPS = {"causes": causes}
+# Figure 3's MNIST defaults (eps 1, momentum 1, B 256, M 1) on the paper preset's network
+FIGURE3 = dict(model="cnn 4-12-32 batch norm", eps=1.0, momentum=1.0)
+
+
+def figures() -> list[tuple[str, dict]]:
+    """Figure 3 on MNIST: eps, momentum, B and M, one at a time from its defaults."""
+    out = [("fig3 defaults (eps 1, momentum 1, B 256, M 100%)", FIGURE3)]
+    out += [(f"fig3 eps {v:g}", {**FIGURE3, "eps": v}) for v in (1e-4, 1e-2, 1e-1)]
+    out += [(f"fig3 momentum {v:g}", {**FIGURE3, "momentum": v}) for v in (0, 0.5, 0.9, 0.95, 0.99)]
+    out += [(f"fig3 B {v}", {**FIGURE3, "budget": v}) for v in (64, 128, 512, 1024)]
+    out += [(f"fig3 M {v:.0%}", {**FIGURE3, "memory": v}) for v in (0.25, 0.5, 0.75)]
+    return out
+
+
+SWEEPS = {"causes": causes, "figures": figures}
 
 
 def load_split(data: str | None):
@@ -117,6 +133,9 @@ def run_one(c: dict, split, steps: int, every: int) -> dict:
     s = dict(lr=c["lr"], weight_decay=c["weight_decay"], eps=c["eps"], bccd_eps=c["eps"],
              budget=c["budget"], momentum=c["momentum"], backend="auto", zo_lr=c["lr"],
              zo_eps=1e-3, seed=c["seed"], sgd_momentum=0.9)  # fmt: skip
+    if c.get("memory") is not None:  # the memory ratio M = m / n
+        n = models.count_parameters(model)
+        s["memory_budget"] = max(c["budget"], round(c["memory"] * n))
     opt, _ = paper.make_optimizer(c["optimizer"], model.parameters(), s)
     objective = cocd_cuda.ModelObjective(model, F.cross_entropy, xf[:128], yf[:128])
 
@@ -185,11 +204,14 @@ def main(argv=None) -> dict:
     p.add_argument("--sweep", default="causes", choices=list(SWEEPS))
     p.add_argument("--steps", type=int, default=936)
     p.add_argument("--eval-every", type=int, default=117)
-    p.add_argument("--out", default=OUT)
+    p.add_argument("--out", default=None, help="default: mnist-<sweep>-cpu.json")
     p.add_argument("--data", default=None)
     p.add_argument("--resume", action="store_true", help="keep finished runs in --out")
     p.add_argument("--only", default=None, help="run only names containing this text")
     args = p.parse_args(argv)
+    if args.out is None:
+        kind = "figures" if args.sweep == "figures" else "sweep"
+        args.out = os.path.join(paper.REPRODUCTION, f"mnist-{kind}-cpu.json")
     torch.set_num_threads(1)
     split = load_split(args.data)
     result = {"fit_rows": len(split[0]), "validation_rows": len(split[2]), "runs": {}}
