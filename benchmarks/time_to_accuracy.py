@@ -107,6 +107,7 @@ def plot(result: dict, path: str) -> str | None:
 
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m benchmarks.time_to_accuracy", *argv])
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(
@@ -148,7 +149,7 @@ def main(argv=None) -> dict:
         "device_name": first["device_name"],
         "torch": first["torch"],
         "commit": paper.git_commit(),
-        "command": "python -m benchmarks.time_to_accuracy " + " ".join(sys.argv[1:]),
+        "command": command,
         "settings": first["settings"],
         "targets": targets,
         "seeds": seeds,
