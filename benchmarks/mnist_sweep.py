@@ -133,9 +133,7 @@ def run_one(c: dict, split, steps: int, every: int) -> dict:
     s = dict(lr=c["lr"], weight_decay=c["weight_decay"], eps=c["eps"], bccd_eps=c["eps"],
              budget=c["budget"], momentum=c["momentum"], backend="auto", zo_lr=c["lr"],
              zo_eps=1e-3, seed=c["seed"], sgd_momentum=0.9)  # fmt: skip
-    if c.get("memory") is not None:  # the memory ratio M = m / n
-        n = models.count_parameters(model)
-        s["memory_budget"] = max(c["budget"], round(c["memory"] * n))
+    s["memory"] = c.get("memory")
     opt, _ = paper.make_optimizer(c["optimizer"], model.parameters(), s)
     objective = cocd_cuda.ModelObjective(model, F.cross_entropy, xf[:128], yf[:128])
 

@@ -282,6 +282,10 @@ def make_optimizer(name: str, params, s: dict):
     """
     params = list(params)
     if name in ("cocd", "bccd"):
+        memory = None  # s["memory"]: the memory ratio M = m / n (sweeps); None keeps m = n
+        if s.get("memory") is not None:
+            n = sum(p.numel() for p in params)
+            memory = max(s["budget"], round(s["memory"] * n))
         opt = cocd_cuda.CoCD(
             params,
             lr=s["lr"],
@@ -289,7 +293,7 @@ def make_optimizer(name: str, params, s: dict):
             eps=s["eps"] if name == "cocd" else s["bccd_eps"],
             compute_budget=s["budget"],
             momentum=s["momentum"] if name == "cocd" else 0.0,
-            memory_budget=s.get("memory_budget"),
+            memory_budget=memory,
             backend=s["backend"],
         )
         return opt, 2 * opt.compute_budget

@@ -164,9 +164,7 @@ def run_one(c: dict, fit: np.ndarray, val: np.ndarray) -> dict:
     s = dict(lr=c["lr"], weight_decay=c["weight_decay"], eps=c["eps"], bccd_eps=c["eps"],
              budget=c["budget"], momentum=c["momentum"], backend="auto", zo_lr=c["lr"],
              zo_eps=c["zo_eps"], seed=c["seed"], sgd_momentum=0.9)  # fmt: skip
-    if c.get("memory") is not None:  # the memory ratio M = m / n
-        n = sum(p.numel() for p in model.parameters())
-        s["memory_budget"] = max(c["budget"], round(c["memory"] * n))
+    s["memory"] = c.get("memory")
     opt, _ = paper.make_optimizer(c["optimizer"], model.parameters(), s)
     objective = None
     if c["optimizer"] in ("cocd", "bccd"):

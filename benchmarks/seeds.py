@@ -87,10 +87,28 @@ def markdown(summary: dict, preset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> dict:
+def split_passthrough(argv) -> tuple[list[str], list[str]]:
+    """(this script's arguments, the benchmarks.paper flags after ``--``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Distinct comma-separated integers, or SystemExit naming the value."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds must list distinct integers, got {text!r}")
+    return seeds
+
+
+def main(argv=None) -> dict:
+    argv, extra = split_passthrough(argv)
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.seeds",
         description=__doc__,
@@ -102,12 +120,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--table", action="store_true", help="summarise the runs in --out, run none")
     args = p.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise SystemExit(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--seeds must list distinct integers, got {args.seeds!r}")
+    seeds = parse_seeds(args.seeds)
     # relative to the working directory: the runs' records name no absolute path
     out = args.out or os.path.relpath(os.path.join(paper.REPRODUCTION, "seeds"))
     command = f"python -m benchmarks.seeds --preset {args.preset} --seeds {args.seeds}"

@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from . import paper
-from .seeds import spread
+from .seeds import parse_seeds, split_passthrough, spread
 
 
 def time_to(run: dict, target: float) -> tuple[float | None, int | None]:
@@ -106,10 +105,10 @@ def plot(result: dict, path: str) -> str | None:
 
 
 def main(argv=None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python -m benchmarks.time_to_accuracy", *argv])
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_passthrough(argv)
+    command = " ".join(
+        ["python -m benchmarks.time_to_accuracy", *argv, *(["--", *extra] if extra else [])]
+    )
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.time_to_accuracy",
         description=__doc__,
@@ -122,13 +121,15 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default=None, help="default: results/reproduction/time-to-accuracy")
     args = p.parse_args(argv)
+    seeds = parse_seeds(args.seeds)
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         targets = [float(t) for t in args.targets.split(",") if t.strip()]
     except ValueError:
-        raise SystemExit("--seeds and --targets must be comma-separated numbers") from None
-    if not seeds or not targets or any(not 0 < t <= 1 for t in targets):
-        raise SystemExit(f"give seeds and targets in (0, 1], got {args.seeds!r}, {args.targets!r}")
+        raise SystemExit(
+            f"--targets must be comma-separated numbers, got {args.targets!r}"
+        ) from None
+    if not targets or any(not 0 < t <= 1 for t in targets):
+        raise SystemExit(f"--targets must be accuracies in (0, 1], got {args.targets!r}")
     # relative to the working directory: the runs' records name no absolute path
     out = args.out or os.path.relpath(os.path.join(paper.REPRODUCTION, "time-to-accuracy"))
     results = {}

@@ -98,13 +98,11 @@ def _layered_problem(layers: list[nn.Module] | None) -> str | None:
         return "the model is not an nn.Sequential"
     for i, m in enumerate(layers):
         kind = type(m).__name__
-        if isinstance(m, (nn.Linear, *_PASSTHROUGH)):
+        if isinstance(m, (nn.Linear, *_NORMS, *_PASSTHROUGH)):  # norms: either mode
             continue
         if isinstance(m, nn.Conv2d):
             if m.groups != 1 or m.padding_mode != "zeros":
                 return f"layer {i} ({kind}) has groups={m.groups}, padding_mode={m.padding_mode!r}"
-            continue
-        if isinstance(m, _NORMS):
             continue
         if isinstance(m, nn.Dropout):
             if m.training and m.p > 0:
